@@ -1,0 +1,1 @@
+//! Guest agent: framed serde protocol over a virtio-console port

@@ -1,0 +1,1 @@
+//! initramfs assembly: cpio newc writer, module dependency resolution, busybox, guest agent

@@ -1,0 +1,1 @@
+//! Scenario model, step runner, verifier, reports

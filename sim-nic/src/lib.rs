@@ -1,0 +1,1 @@
+//! gve-compatible DQO-RDA NIC model, wires, fault hooks, pcap (no KVM inside)

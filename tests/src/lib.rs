@@ -1,0 +1,1 @@
+//! Integration tests: boot real VMs through the CLI
