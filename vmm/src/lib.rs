@@ -1,1 +1,6 @@
-pub mod placeholder {}
+//! netmem-lab's virtual machine monitor: guest memory, kernel boot, buses,
+//! PCI with ECAM and MSI-X, ACPI, virtio-pci devices and the engines that run
+//! a machine on host KVM or nested inside an L1 guest.
+
+pub mod device;
+pub mod layout;
