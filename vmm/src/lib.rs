@@ -4,3 +4,8 @@
 
 pub mod device;
 pub mod layout;
+pub mod boot;
+pub mod bus;
+pub mod irq;
+pub mod power;
+pub mod serial;
