@@ -9,3 +9,5 @@ pub mod bus;
 pub mod irq;
 pub mod power;
 pub mod serial;
+pub mod vcpu;
+pub mod engine;
