@@ -77,3 +77,8 @@ pub const IOAPIC_PINS: u32 = 24;
 pub const MSI_GSI_START: u32 = 24;
 /// Last GSI the lab allocates (KVM's routing table is 4096 entries max).
 pub const MSI_GSI_END: u32 = 4095;
+
+/// First of the four GSIs (16–19, level/active-low) the DSDT `_PRT` routes
+/// PCI INTA–INTD to (swizzled by slot). Devices here use MSI-X; this only
+/// gives an interrupt pin a defined route.
+pub const PCI_INTX_GSI_BASE: u32 = 16;

@@ -2,6 +2,7 @@
 //! PCI with ECAM and MSI-X, ACPI, virtio-pci devices and the engines that run
 //! a machine on host KVM or nested inside an L1 guest.
 
+pub mod arch;
 pub mod device;
 pub mod layout;
 pub mod boot;
