@@ -41,14 +41,16 @@ impl Bus {
 
     /// Register `dev` for `[base, base+len)`.
     pub fn insert(&mut self, dev: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
-        let end = base.checked_add(len).ok_or(BusError::BadRange { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::BadRange { base, len })?;
         if len == 0 {
             return Err(BusError::BadRange { base, len });
         }
-        if let Some((&b, e)) = self.ranges.range(..end).next_back() {
-            if b + e.len > base {
-                return Err(BusError::Overlap { base, len });
-            }
+        if let Some((&b, e)) = self.ranges.range(..end).next_back()
+            && b + e.len > base
+        {
+            return Err(BusError::Overlap { base, len });
         }
         self.ranges.insert(base, Entry { len, dev });
         Ok(())
@@ -66,10 +68,14 @@ impl Bus {
     }
 
     fn warn_once(&self, addr: u64, what: &str) {
-        if let Ok(mut w) = self.warned.lock() {
-            if w.insert(addr) {
-                tracing::debug!(bus = self.name, addr = format_args!("{addr:#x}"), "unclaimed {what}");
-            }
+        if let Ok(mut w) = self.warned.lock()
+            && w.insert(addr)
+        {
+            tracing::debug!(
+                bus = self.name,
+                addr = format_args!("{addr:#x}"),
+                "unclaimed {what}"
+            );
         }
     }
 
@@ -129,10 +135,25 @@ mod tests {
         let mut bus = Bus::new("pio");
         let d = Arc::new(Mutex::new(Echo(vec![])));
         bus.insert(d.clone(), 0x3f8, 8).unwrap();
-        assert_eq!(bus.insert(d.clone(), 0x3fc, 8), Err(BusError::Overlap { base: 0x3fc, len: 8 }));
-        assert_eq!(bus.insert(d.clone(), 0x3f0, 9), Err(BusError::Overlap { base: 0x3f0, len: 9 }));
+        assert_eq!(
+            bus.insert(d.clone(), 0x3fc, 8),
+            Err(BusError::Overlap {
+                base: 0x3fc,
+                len: 8
+            })
+        );
+        assert_eq!(
+            bus.insert(d.clone(), 0x3f0, 9),
+            Err(BusError::Overlap {
+                base: 0x3f0,
+                len: 9
+            })
+        );
         bus.insert(d.clone(), 0x3f0, 8).unwrap();
-        assert_eq!(bus.insert(d.clone(), 0, 0), Err(BusError::BadRange { base: 0, len: 0 }));
+        assert_eq!(
+            bus.insert(d.clone(), 0, 0),
+            Err(BusError::BadRange { base: 0, len: 0 })
+        );
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fa, &mut b));
         assert_eq!(b[0], 2);

@@ -45,7 +45,12 @@ pub fn host_kvm() -> HostKvm {
 }
 
 pub fn host_kvm_at(sys_module: &Path, dev: &Path) -> HostKvm {
-    if std::fs::OpenOptions::new().read(true).write(true).open(dev).is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .is_err()
+    {
         return HostKvm::None(format!("{} cannot be opened", dev.display()));
     }
     for m in ["kvm_intel", "kvm_amd"] {
@@ -71,10 +76,20 @@ pub enum EngineError {
          it cannot run a stock Linux kernel. Use --engine nested (or auto)."
     )]
     KvmUnsuitable(String),
-    #[error("QEMU ({qemu}) is needed for the nested engine but could not be started; install Debian's qemu-system-x86")]
-    QemuMissing { qemu: String, #[source] source: std::io::Error },
+    #[error(
+        "QEMU ({qemu}) is needed for the nested engine but could not be started; install Debian's qemu-system-x86"
+    )]
+    QemuMissing {
+        qemu: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("nested engine: {context}")]
-    Io { context: String, #[source] source: std::io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the L1 guest did not connect its event channel within {0:?}")]
     NoEventChannel(Duration),
 }
@@ -85,7 +100,9 @@ pub fn choose(requested: Option<Engine>) -> Result<Engine, EngineError> {
     match (requested, host) {
         (Some(Engine::Nested), _) => Ok(Engine::Nested),
         (Some(Engine::Kvm), HostKvm::Hardware(_)) => Ok(Engine::Kvm),
-        (Some(Engine::Kvm), HostKvm::Software(m)) => Err(EngineError::KvmUnsuitable(format!("the software hypervisor module {m}"))),
+        (Some(Engine::Kvm), HostKvm::Software(m)) => Err(EngineError::KvmUnsuitable(format!(
+            "the software hypervisor module {m}"
+        ))),
         (Some(Engine::Kvm), HostKvm::None(why)) => Err(EngineError::KvmUnsuitable(why)),
         (None, HostKvm::Hardware(_)) => Ok(Engine::Kvm),
         (None, _) => Ok(Engine::Nested),
@@ -166,15 +183,27 @@ impl L1Guest {
     pub fn start(cfg: L1Config, connect_timeout: Duration) -> Result<Self, EngineError> {
         let sock = cfg.event_socket();
         let _ = std::fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock).map_err(|source| EngineError::Io { context: format!("binding {}", sock.display()), source })?;
-        listener.set_nonblocking(true).map_err(|source| EngineError::Io { context: "socket".into(), source })?;
+        let listener = UnixListener::bind(&sock).map_err(|source| EngineError::Io {
+            context: format!("binding {}", sock.display()),
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| EngineError::Io {
+                context: "socket".into(),
+                source,
+            })?;
         let mut cmd = Command::new(&cfg.qemu);
         cmd.args(cfg.qemu_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
-                std::fs::File::create(cfg.run_dir.join("qemu-stderr.log"))
-                    .map_err(|source| EngineError::Io { context: "qemu log".into(), source })?,
+                std::fs::File::create(cfg.run_dir.join("qemu-stderr.log")).map_err(|source| {
+                    EngineError::Io {
+                        context: "qemu log".into(),
+                        source,
+                    }
+                })?,
             ));
         // SAFETY: prctl in the forked child before exec only changes the
         // child's own death signal; it is async-signal-safe.
@@ -186,13 +215,23 @@ impl L1Guest {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| EngineError::QemuMissing { qemu: cfg.qemu.display().to_string(), source })?;
-        let mut g = L1Guest { child: Some(child), cfg, events: None };
+        let child = cmd.spawn().map_err(|source| EngineError::QemuMissing {
+            qemu: cfg.qemu.display().to_string(),
+            source,
+        })?;
+        let mut g = L1Guest {
+            child: Some(child),
+            cfg,
+            events: None,
+        };
         let deadline = Instant::now() + connect_timeout;
         loop {
             match listener.accept() {
                 Ok((s, _)) => {
-                    s.set_nonblocking(false).map_err(|source| EngineError::Io { context: "socket".into(), source })?;
+                    s.set_nonblocking(false).map_err(|source| EngineError::Io {
+                        context: "socket".into(),
+                        source,
+                    })?;
                     g.events = Some(BufReader::new(s));
                     break;
                 }
@@ -208,7 +247,12 @@ impl L1Guest {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(source) => return Err(EngineError::Io { context: "accepting the L1 event channel".into(), source }),
+                Err(source) => {
+                    return Err(EngineError::Io {
+                        context: "accepting the L1 event channel".into(),
+                        source,
+                    });
+                }
             }
         }
         Ok(g)
@@ -217,7 +261,9 @@ impl L1Guest {
     /// Read one event line (without the newline); `None` at end of stream.
     /// `timeout` bounds the wait for this line.
     pub fn next_line(&mut self, timeout: Duration) -> Result<Option<String>, std::io::Error> {
-        let Some(r) = self.events.as_mut() else { return Ok(None) };
+        let Some(r) = self.events.as_mut() else {
+            return Ok(None);
+        };
         r.get_ref().set_read_timeout(Some(timeout))?;
         let mut line = String::new();
         match r.read_line(&mut line) {
@@ -228,7 +274,9 @@ impl L1Guest {
     }
 
     pub fn try_exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn qemu_stderr(&self) -> String {
@@ -239,7 +287,10 @@ impl L1Guest {
     pub fn console_tail(&self, n: usize) -> Vec<String> {
         let s = std::fs::read(self.cfg.console_log()).unwrap_or_default();
         let s = String::from_utf8_lossy(&s);
-        let lines: Vec<String> = s.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+        let lines: Vec<String> = s
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .collect();
         lines[lines.len().saturating_sub(n)..].to_vec()
     }
 

@@ -23,7 +23,11 @@ pub enum IrqError {
     #[error("KVM_SET_GSI_ROUTING failed")]
     SetRouting(#[source] kvm_ioctls::Error),
     #[error("registering an irqfd for GSI {gsi} failed")]
-    Irqfd { gsi: u32, #[source] source: kvm_ioctls::Error },
+    Irqfd {
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("creating an eventfd failed")]
     EventFd(#[source] std::io::Error),
     #[error("out of GSIs for MSI vectors")]
@@ -98,7 +102,9 @@ impl IrqRouter {
         entries.extend(st.msi_routes.iter().map(|(gsi, m)| msi_entry(*gsi, m)));
         let mut table = KvmIrqRouting::new(entries.len()).map_err(|_| IrqError::NoGsi)?;
         table.as_mut_slice().copy_from_slice(&entries);
-        self.vm.set_gsi_routing(&table).map_err(IrqError::SetRouting)
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(IrqError::SetRouting)
     }
 
     fn alloc_gsi(&self) -> Result<u32, IrqError> {
@@ -138,9 +144,16 @@ impl IrqRouter {
             self.vm
                 .register_irqfd(&evt, gsi)
                 .map_err(|source| IrqError::Irqfd { gsi, source })?;
-            vectors.push(MsiVector { gsi, evt, routed: Mutex::new(false) });
+            vectors.push(MsiVector {
+                gsi,
+                evt,
+                routed: Mutex::new(false),
+            });
         }
-        Ok(Arc::new(MsiGroup { router: self.clone(), vectors }))
+        Ok(Arc::new(MsiGroup {
+            router: self.clone(),
+            vectors,
+        }))
     }
 }
 
@@ -154,7 +167,6 @@ impl IrqLine for IrqFdLine {
         let _ = self.evt.write(1);
     }
 }
-
 
 struct MsiVector {
     gsi: u32,
@@ -202,7 +214,10 @@ mod tests {
         let v = legacy_routes();
         // 16 PIC entries + 24 IOAPIC entries.
         assert_eq!(v.len(), 40);
-        let ioapic: Vec<_> = v.iter().filter(|e| unsafe { e.u.irqchip.irqchip } == KVM_IRQCHIP_IOAPIC).collect();
+        let ioapic: Vec<_> = v
+            .iter()
+            .filter(|e| unsafe { e.u.irqchip.irqchip } == KVM_IRQCHIP_IOAPIC)
+            .collect();
         assert_eq!(ioapic.len(), 24);
         for e in ioapic {
             // SAFETY: irqchip entries carry the irqchip union member.
@@ -212,7 +227,13 @@ mod tests {
 
     #[test]
     fn msi_entry_splits_address() {
-        let e = msi_entry(30, &MsiMessage { address: 0x1_fee0_1000, data: 0x4041 });
+        let e = msi_entry(
+            30,
+            &MsiMessage {
+                address: 0x1_fee0_1000,
+                data: 0x4041,
+            },
+        );
         assert_eq!(e.type_, KVM_IRQ_ROUTING_MSI);
         // SAFETY: MSI entries carry the msi union member.
         unsafe {

@@ -5,12 +5,11 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::device::BusDevice;
-use crate::layout::{ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT};
+use crate::layout::{
+    ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
+};
 
-/// SLP_EN bit of the HW-reduced sleep control register (ACPI 6.5 §4.8.3.7).
-pub const SLP_EN: u8 = 1 << 5;
-/// SLP_TYP of S5 as the DSDT's `_S5_` package declares it (see arch::acpi).
-pub const S5_SLP_TYP: u8 = 5;
+pub use crate::arch::acpi::{S5_SLP_TYP, SLP_EN};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "detail")]
@@ -39,12 +38,12 @@ impl ExitLatch {
 
     /// Record `r` unless a reason is already recorded.
     pub fn set(&self, r: ExitReason) {
-        if let Ok(mut g) = self.reason.lock() {
-            if g.is_none() {
-                tracing::debug!(?r, "machine exit");
-                *g = Some(r);
-                self.cv.notify_all();
-            }
+        if let Ok(mut g) = self.reason.lock()
+            && g.is_none()
+        {
+            tracing::debug!(?r, "machine exit");
+            *g = Some(r);
+            self.cv.notify_all();
         }
     }
 
@@ -55,7 +54,10 @@ impl ExitLatch {
     /// Wait up to `timeout` for a reason.
     pub fn wait(&self, timeout: Duration) -> Option<ExitReason> {
         let g = self.reason.lock().ok()?;
-        let (g, _) = self.cv.wait_timeout_while(g, timeout, |r| r.is_none()).ok()?;
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, timeout, |r| r.is_none())
+            .ok()?;
         g.clone()
     }
 }
@@ -83,7 +85,7 @@ impl BusDevice for AcpiPowerDevice {
         let Some(&v) = data.first() else { return };
         let port = base + offset;
         if port == u64::from(ACPI_SLEEP_CONTROL_PORT) {
-            if v & SLP_EN != 0 && (v >> 2) & 0x7 == S5_SLP_TYP {
+            if crate::arch::acpi::sleep_control_is_poweroff(v) {
                 self.latch.set(ExitReason::PowerOff);
             }
         } else if port == u64::from(ACPI_RESET_PORT) && v == ACPI_RESET_VALUE {

@@ -143,10 +143,11 @@ impl BusDevice for SerialDevice {
         }
     }
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        if data.len() == 1 && offset < 8 {
-            if let Err(e) = self.uart.write(offset as u8, data[0]) {
-                tracing::debug!("uart write: {e}");
-            }
+        if data.len() == 1
+            && offset < 8
+            && let Err(e) = self.uart.write(offset as u8, data[0])
+        {
+            tracing::debug!("uart write: {e}");
         }
     }
 }
@@ -159,13 +160,20 @@ mod tests {
     fn lines_tail_and_panic() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        let m = ConsoleMonitor::new(None, Some(Box::new(move |l: &str| s2.lock().unwrap().push(l.to_string()))));
+        let m = ConsoleMonitor::new(
+            None,
+            Some(Box::new(move |l: &str| {
+                s2.lock().unwrap().push(l.to_string())
+            })),
+        );
         let mut m = m.lock().unwrap();
         for i in 0..50 {
             m.push_bytes(format!("line {i}\r\n").as_bytes());
         }
         assert!(m.panic_line().is_none());
-        m.push_bytes(b"[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\npartial");
+        m.push_bytes(
+            b"[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\npartial",
+        );
         assert!(m.panic_line().unwrap().contains("VFS"));
         let t = m.tail();
         assert_eq!(t.len(), CONSOLE_TAIL_LINES);

@@ -23,7 +23,8 @@ pub fn install_kick_handler() -> std::io::Result<()> {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let mut res = Ok(());
     ONCE.call_once(|| {
-        res = register_signal_handler(kick_signal(), noop_handler).map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+        res = register_signal_handler(kick_signal(), noop_handler)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
     });
     res
 }
@@ -111,13 +112,17 @@ impl VcpuThread {
                 }
             }
         })?;
-        Ok(VcpuThread { handle: Some(handle) })
+        Ok(VcpuThread {
+            handle: Some(handle),
+        })
     }
 
     /// Kick the thread out of KVM_RUN (repeatedly, to beat the race with
     /// entering the ioctl) and join it. `stop` must already be set.
     pub fn stop_and_join(&mut self, timeout: Duration) -> bool {
-        let Some(h) = self.handle.take() else { return true };
+        let Some(h) = self.handle.take() else {
+            return true;
+        };
         let deadline = Instant::now() + timeout;
         while !h.is_finished() {
             let _ = h.kill(kick_signal());
