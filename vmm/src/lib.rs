@@ -12,3 +12,5 @@ pub mod power;
 pub mod serial;
 pub mod vcpu;
 pub mod engine;
+pub mod pci;
+pub mod virtio;
