@@ -1,0 +1,609 @@
+//! Assembles the guest's initramfs: busybox, the static agent, kernel
+//! modules in load order, and an `/init` script.
+//!
+//! Layout of the archive (uncompressed newc):
+//! ```text
+//! /bin/busybox, /bin/{sh,mount,insmod,ip,...} -> busybox
+//! /sbin/netmem-lab                      the agent (0755)
+//! /lib/modules/<release>/kernel/**.ko   decompressed modules
+//! /lib/modules/<release>/modules.dep    for reference (depmod format)
+//! /etc/netmem/modules.load              `name /lib/modules/.../x.ko` per line, in load order
+//! /dev/console, /dev/null, /dev/ttyS0   nodes the kernel needs before devtmpfs
+//! /init                                 (0755)
+//! ```
+
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::cpio::{CpioWriter, DeviceKind};
+use crate::elf::Elf64;
+use crate::error::ImageError;
+use crate::modules::ModuleIndex;
+
+/// Where Debian's `busybox-static` puts its binary.
+pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
+/// The virtio-console port the agent talks on by default.
+pub const DEFAULT_AGENT_PORT: &str = "/dev/hvc0";
+/// Where the agent binary goes in the guest.
+pub const AGENT_GUEST_PATH: &str = "/sbin/netmem-lab";
+/// The module list the init script loads.
+pub const MODULES_LOAD_PATH: &str = "/etc/netmem/modules.load";
+
+/// busybox applets linked in `/bin` (more are installed by `busybox --install -s` at boot).
+pub const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "ash", "mount", "umount", "insmod", "rmmod", "lsmod", "modprobe", "ip", "ping", "cat",
+    "ls", "dmesg", "poweroff", "reboot", "halt", "sleep", "echo", "mkdir", "ln", "grep", "cp",
+    "mv", "rm", "ps", "kill", "mknod", "chmod", "sed", "awk", "head", "tail", "wc", "uname",
+    "true", "false", "test", "[", "printf", "env", "find", "xargs", "sync", "dd", "hexdump", "od",
+    "free", "tc", "nc", "sysctl", "stat", "readlink", "timeout", "tr", "cut", "sort", "uniq",
+    "tee", "touch", "date", "hostname", "ifconfig", "nproc", "pidof", "seq", "mkfifo",
+];
+
+/// Where a file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileSource {
+    /// Read from the host at build time.
+    Path(PathBuf),
+    /// These bytes.
+    Bytes(Vec<u8>),
+}
+
+/// An additional file to put into the initramfs (parents are created).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraFile {
+    /// Absolute path in the guest, e.g. `/etc/netmem/scenario.json`.
+    pub guest_path: String,
+    pub source: FileSource,
+    /// Permission bits, e.g. 0o644.
+    pub mode: u32,
+}
+
+/// What `/init` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitKind {
+    /// Mount the usual filesystems, load the modules, exec the agent on `port`.
+    Agent {
+        /// Device the agent serves on, e.g. `/dev/hvc0`.
+        port: String,
+    },
+    /// This shell script text (a `#!/bin/busybox sh` line is added if it has no `#!`).
+    Custom(String),
+}
+
+impl Default for InitKind {
+    fn default() -> Self {
+        InitKind::Agent {
+            port: DEFAULT_AGENT_PORT.to_string(),
+        }
+    }
+}
+
+/// Everything that goes into an initramfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitramfsSpec {
+    /// The static `netmem-lab` executable (it is also the agent).
+    pub agent_binary: PathBuf,
+    /// A static busybox (default [`DEFAULT_BUSYBOX`]).
+    pub busybox: PathBuf,
+    /// `.../lib/modules/<release>`; required when `modules` is not empty.
+    pub modules_dir: Option<PathBuf>,
+    /// Module names to load (dependencies are added; `-` = `_`).
+    pub modules: Vec<String>,
+    pub extra_files: Vec<ExtraFile>,
+    pub init: InitKind,
+}
+
+impl InitramfsSpec {
+    /// A spec with the default busybox, no modules and the agent init on [`DEFAULT_AGENT_PORT`].
+    pub fn new(agent_binary: impl Into<PathBuf>) -> Self {
+        InitramfsSpec {
+            agent_binary: agent_binary.into(),
+            busybox: PathBuf::from(DEFAULT_BUSYBOX),
+            modules_dir: None,
+            modules: Vec::new(),
+            extra_files: Vec::new(),
+            init: InitKind::default(),
+        }
+    }
+}
+
+/// What [`build`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitramfsInfo {
+    pub path: PathBuf,
+    /// Archive size in bytes.
+    pub size: u64,
+    /// Number of entries (directories, files, links, nodes; not the trailer).
+    pub files: usize,
+    /// Kernel release of the modules, if any were added.
+    pub release: Option<String>,
+    /// Module names in the order `/init` loads them.
+    pub module_load_order: Vec<String>,
+    /// Wanted modules (or dependencies) that are built into the kernel.
+    pub builtin_modules: Vec<String>,
+}
+
+/// Shell-quotes `s` with single quotes.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The `/init` script for [`InitKind::Agent`].
+pub fn agent_init_script(port: &str) -> String {
+    let port = sh_quote(port);
+    format!(
+        r#"#!/bin/busybox sh
+# /init generated by netmem-lab (images::initramfs). The console is left alone:
+# stdout/stderr stay on /dev/console so kernel and agent messages interleave.
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+export HOME=/root
+
+log() {{
+    echo "netmem-init: $*" > /dev/ttyS0 2>/dev/null || echo "netmem-init: $*" >&2
+}}
+
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /root /usr/bin /usr/sbin
+/bin/busybox mount -t proc proc /proc || log "mount /proc failed"
+/bin/busybox mount -t sysfs sysfs /sys || log "mount /sys failed"
+/bin/busybox mount -t devtmpfs devtmpfs /dev || log "mount /dev failed"
+/bin/busybox mount -t tmpfs tmpfs /tmp || log "mount /tmp failed"
+/bin/busybox mount -t tmpfs tmpfs /run || log "mount /run failed"
+if [ -d /sys/kernel/debug ]; then
+    mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || log "mount debugfs failed"
+fi
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts || log "mount /dev/pts failed"
+/bin/busybox --install -s 2>/dev/null
+ip link set lo up || log "ip link set lo up failed"
+
+if [ -f {modules_load} ]; then
+    while read -r name mod; do
+        case "$name" in ''|'#'*) continue ;; esac
+        if ! out=$(insmod "$mod" 2>&1); then
+            log "insmod $name failed: $out"
+        fi
+    done < {modules_load}
+fi
+
+# A failed exec makes the shell exit: this trap then reports and powers off
+# (instead of the kernel panicking on a dead init). A successful exec
+# replaces the shell, trap included.
+trap 'log "exec {agent} agent --port {port} failed"; /bin/busybox poweroff -f' EXIT
+exec {agent} agent --port {port}
+"#,
+        modules_load = MODULES_LOAD_PATH,
+        agent = AGENT_GUEST_PATH,
+        port = port,
+    )
+}
+
+/// Errors unless `path` is an ELF without `PT_INTERP` (static or static-pie).
+fn check_static(path: &Path, bytes: &[u8], what: &str) -> Result<(), ImageError> {
+    let elf = Elf64::parse(bytes).map_err(|e| ImageError::NotElf {
+        path: path.to_path_buf(),
+        reason: format!("{what}: {e}"),
+    })?;
+    let interp = elf.interpreter().map_err(|e| ImageError::NotElf {
+        path: path.to_path_buf(),
+        reason: format!("{what}: {e}"),
+    })?;
+    match (interp, what) {
+        (None, _) => Ok(()),
+        (Some(_), "busybox") => Err(ImageError::DynamicBusybox {
+            path: path.to_path_buf(),
+        }),
+        (Some(interpreter), _) => Err(ImageError::DynamicAgent {
+            path: path.to_path_buf(),
+            interpreter,
+        }),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
+    fs::read(path).map_err(|e| ImageError::io("reading", path, e))
+}
+
+/// Writes the initramfs described by `spec` to `out` (uncompressed newc).
+///
+/// The file is written next to `out` and renamed into place, so a failed
+/// build never leaves a truncated archive at `out`.
+pub fn build(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsInfo, ImageError> {
+    let started = Instant::now();
+    // Inputs first, so that errors come before any output exists.
+    let busybox = read(&spec.busybox)?;
+    check_static(&spec.busybox, &busybox, "busybox")?;
+    let agent = read(&spec.agent_binary)?;
+    check_static(&spec.agent_binary, &agent, "agent")?;
+
+    let modules = match (&spec.modules_dir, spec.modules.is_empty()) {
+        (_, true) => None,
+        (None, false) => {
+            return Err(ImageError::InvalidSpec(format!(
+                "modules {:?} requested but no modules_dir given",
+                spec.modules
+            )));
+        }
+        (Some(dir), false) => Some(ModuleIndex::open(dir)?.resolve(&spec.modules)?),
+    };
+
+    let tmp = out.with_file_name(format!(
+        ".{}.tmp{}",
+        out.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("initramfs"),
+        std::process::id()
+    ));
+    let file = File::create(&tmp).map_err(|e| ImageError::io("creating", &tmp, e))?;
+    let result = (|| {
+        let mut w = CpioWriter::new(BufWriter::with_capacity(1 << 20, file));
+        for d in [
+            "bin",
+            "sbin",
+            "etc",
+            "etc/netmem",
+            "lib",
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "run",
+            "root",
+            "mnt",
+        ] {
+            w.dir_all(d)?;
+        }
+        // The kernel opens /dev/console for init before anything is mounted.
+        w.device("dev/console", DeviceKind::Char, 0o600, 5, 1)?;
+        w.device("dev/null", DeviceKind::Char, 0o666, 1, 3)?;
+        w.device("dev/ttyS0", DeviceKind::Char, 0o660, 4, 64)?;
+
+        w.file("bin/busybox", 0o755, &busybox)?;
+        for applet in BUSYBOX_APPLETS {
+            w.symlink(&format!("bin/{applet}"), "busybox")?;
+        }
+        w.file(AGENT_GUEST_PATH, 0o755, &agent)?;
+
+        let mut load_list = String::new();
+        if let Some(set) = &modules {
+            let base = format!("lib/modules/{}", set.release);
+            for m in &set.modules {
+                let guest = format!("{base}/{}", m.rel_path);
+                w.file_with_parents(&guest, 0o644, &m.data)?;
+                load_list.push_str(&format!("{} /{guest}\n", m.name));
+            }
+            w.file_with_parents(
+                &format!("{base}/modules.dep"),
+                0o644,
+                set.modules_dep().as_bytes(),
+            )?;
+        }
+        w.file(MODULES_LOAD_PATH, 0o644, load_list.as_bytes())?;
+
+        for extra in &spec.extra_files {
+            let data = match &extra.source {
+                FileSource::Bytes(b) => std::borrow::Cow::Borrowed(b.as_slice()),
+                FileSource::Path(p) => std::borrow::Cow::Owned(read(p)?),
+            };
+            w.file_with_parents(&extra.guest_path, extra.mode, &data)?;
+        }
+
+        let init = match &spec.init {
+            InitKind::Agent { port } => agent_init_script(port),
+            InitKind::Custom(text) if text.starts_with("#!") => text.clone(),
+            InitKind::Custom(text) => format!("#!/bin/busybox sh\n{text}"),
+        };
+        w.file("init", 0o755, init.as_bytes())?;
+
+        let entries = w.entries();
+        let buf = w.finish()?;
+        let file = buf
+            .into_inner()
+            .map_err(|e| ImageError::io("writing", &tmp, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| ImageError::io("syncing", &tmp, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| ImageError::io("stat", &tmp, e))?
+            .len();
+        Ok((entries, size))
+    })();
+    let (files, size) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    fs::rename(&tmp, out).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        ImageError::io("renaming into", out, e)
+    })?;
+
+    let info = InitramfsInfo {
+        path: out.to_path_buf(),
+        size,
+        files,
+        release: modules.as_ref().map(|m| m.release.clone()),
+        module_load_order: modules
+            .as_ref()
+            .map(|m| m.load_order().into_iter().map(String::from).collect())
+            .unwrap_or_default(),
+        builtin_modules: modules
+            .as_ref()
+            .map(|m| m.builtin.clone())
+            .unwrap_or_default(),
+    };
+    tracing::info!(
+        path = %out.display(),
+        size = info.size,
+        files = info.files,
+        modules = ?info.module_load_order,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "built initramfs"
+    );
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::testutil;
+    use std::process::{Command, Stdio};
+
+    fn setup(dir: &Path) -> InitramfsSpec {
+        let bb = dir.join("busybox");
+        fs::write(&bb, testutil::executable(None)).unwrap();
+        let agent = dir.join("agent");
+        fs::write(&agent, testutil::executable(None)).unwrap();
+        let mods = dir.join("mods/7.3.4-t");
+        let modinfo = |n: &str, d: &str| format!("depends={d}\0name={n}\0");
+        fs::create_dir_all(mods.join("kernel/x")).unwrap();
+        fs::write(
+            mods.join("kernel/x/a-b.ko"),
+            testutil::relocatable(&[(".modinfo", modinfo("a_b", "c").as_bytes())]),
+        )
+        .unwrap();
+        fs::write(
+            mods.join("kernel/x/c.ko"),
+            testutil::relocatable(&[(".modinfo", modinfo("c", "").as_bytes())]),
+        )
+        .unwrap();
+        let mut spec = InitramfsSpec::new(&agent);
+        spec.busybox = bb;
+        spec.modules_dir = Some(mods);
+        spec.modules = vec!["a-b".into()];
+        spec.extra_files = vec![
+            ExtraFile {
+                guest_path: "/etc/netmem/extra.txt".into(),
+                source: FileSource::Bytes(b"extra".to_vec()),
+                mode: 0o600,
+            },
+            ExtraFile {
+                guest_path: "/opt/x/agent-copy".into(),
+                source: FileSource::Path(agent),
+                mode: 0o755,
+            },
+        ];
+        spec
+    }
+
+    #[test]
+    fn builds_archive_with_everything() {
+        let t = tempfile::tempdir().unwrap();
+        let spec = setup(t.path());
+        let out = t.path().join("initramfs.cpio");
+        let info = build(&spec, &out).unwrap();
+        assert_eq!(info.module_load_order, ["c", "a_b"]);
+        assert_eq!(info.release.as_deref(), Some("7.3.4-t"));
+        let bytes = fs::read(&out).unwrap();
+        assert_eq!(info.size, bytes.len() as u64);
+        assert!(bytes.starts_with(b"070701"));
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("TRAILER!!!"));
+        assert!(text.contains(
+            "c /lib/modules/7.3.4-t/kernel/x/c.ko\na_b /lib/modules/7.3.4-t/kernel/x/a-b.ko\n"
+        ));
+        assert!(text.contains("kernel/x/a-b.ko: kernel/x/c.ko\n"));
+        assert!(text.contains("exec /sbin/netmem-lab agent --port '/dev/hvc0'"));
+
+        if Command::new("cpio")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            eprintln!("note: no cpio binary, skipping listing check");
+            return;
+        }
+        let list = Command::new("cpio")
+            .args(["-t", "--quiet"])
+            .stdin(File::open(&out).unwrap())
+            .output()
+            .unwrap();
+        assert!(list.status.success());
+        let list = String::from_utf8(list.stdout).unwrap();
+        let names: Vec<&str> = list.lines().collect();
+        assert_eq!(names.len(), info.files);
+        for want in [
+            "init",
+            "bin/busybox",
+            "bin/sh",
+            "bin/insmod",
+            "sbin/netmem-lab",
+            "dev/console",
+            "etc/netmem/modules.load",
+            "etc/netmem/extra.txt",
+            "opt/x/agent-copy",
+            "lib/modules/7.3.4-t/kernel/x/a-b.ko",
+            "lib/modules/7.3.4-t/modules.dep",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        // Extracting as a user works (device nodes need root, so only when root).
+        let ex = tempfile::tempdir().unwrap();
+        let st = Command::new("cpio")
+            .args(["-id", "--quiet", "--no-absolute-filenames"])
+            .current_dir(ex.path())
+            .stdin(File::open(&out).unwrap())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        if st.status.success() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(ex.path().join("init"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o755);
+            assert_eq!(
+                fs::read_link(ex.path().join("bin/sh")).unwrap(),
+                Path::new("busybox")
+            );
+            assert_eq!(
+                fs::read(ex.path().join("etc/netmem/extra.txt")).unwrap(),
+                b"extra"
+            );
+        } else {
+            eprintln!(
+                "note: cpio -id failed (not root?): {}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_dynamic_busybox_and_agent() {
+        let t = tempfile::tempdir().unwrap();
+        let mut spec = setup(t.path());
+        let dynbb = t.path().join("dyn");
+        fs::write(
+            &dynbb,
+            testutil::executable(Some("/lib64/ld-linux-x86-64.so.2")),
+        )
+        .unwrap();
+        spec.busybox = dynbb.clone();
+        let out = t.path().join("o.cpio");
+        let e = build(&spec, &out).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "busybox at {} is dynamically linked; install busybox-static",
+                dynbb.display()
+            )
+        );
+        assert!(!out.exists());
+        let mut spec = setup(t.path());
+        spec.agent_binary = dynbb;
+        assert!(matches!(
+            build(&spec, &out),
+            Err(ImageError::DynamicAgent { .. })
+        ));
+        let mut spec = setup(t.path());
+        spec.busybox = t.path().join("missing");
+        assert!(matches!(build(&spec, &out), Err(ImageError::Io { .. })));
+    }
+
+    #[test]
+    fn spec_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let mut spec = setup(t.path());
+        spec.modules_dir = None;
+        assert!(matches!(
+            build(&spec, &t.path().join("o")),
+            Err(ImageError::InvalidSpec(_))
+        ));
+        let mut spec = setup(t.path());
+        spec.modules.push("nope".into());
+        assert!(matches!(
+            build(&spec, &t.path().join("o")),
+            Err(ImageError::ModuleNotFound { .. })
+        ));
+        let mut spec = setup(t.path());
+        spec.extra_files.push(ExtraFile {
+            guest_path: "/init".into(),
+            source: FileSource::Bytes(vec![]),
+            mode: 0o755,
+        });
+        // /init is written after extra files: the duplicate is reported.
+        assert!(matches!(
+            build(&spec, &t.path().join("o")),
+            Err(ImageError::CpioEntry { .. })
+        ));
+        assert!(!t.path().join("o").exists());
+    }
+
+    #[test]
+    fn custom_init_gets_a_shebang() {
+        let t = tempfile::tempdir().unwrap();
+        let mut spec = setup(t.path());
+        spec.modules.clear();
+        spec.init = InitKind::Custom("echo hi\n".into());
+        let out = t.path().join("o.cpio");
+        let info = build(&spec, &out).unwrap();
+        assert!(info.module_load_order.is_empty());
+        let text = String::from_utf8_lossy(&fs::read(&out).unwrap()).into_owned();
+        assert!(text.contains("#!/bin/busybox sh\necho hi\n"));
+    }
+
+    /// Runs the generated init script's module loop under the host's busybox
+    /// with stub commands: exercises the shell syntax for real.
+    #[test]
+    fn agent_init_script_is_valid_shell() {
+        let bb = Path::new(DEFAULT_BUSYBOX);
+        if !bb.exists() {
+            eprintln!("note: {DEFAULT_BUSYBOX} absent, skipping the shell syntax check");
+            return;
+        }
+        let script = agent_init_script("/dev/hvc0");
+        let out = Command::new(bb)
+            .args(["sh", "-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(script.starts_with("#!/bin/busybox sh\n"));
+        assert!(script.contains("ip link set lo up"));
+        assert!(script.contains("mount -t devpts devpts /dev/pts"));
+        assert!(agent_init_script("/dev/it's").contains(r"'/dev/it'\''s'"));
+    }
+
+    #[test]
+    fn real_busybox_and_modules_if_present() {
+        let bb = Path::new(DEFAULT_BUSYBOX);
+        let mods = Path::new(
+            "/tmp/kdeb/x/linux-modules-7.3.4+deb13-cloud-amd64/usr/lib/modules/7.3.4+deb13-cloud-amd64",
+        );
+        let Ok(bytes) = fs::read(bb) else {
+            eprintln!("note: {DEFAULT_BUSYBOX} absent, skipping");
+            return;
+        };
+        if check_static(bb, &bytes, "busybox").is_err() {
+            eprintln!("note: {DEFAULT_BUSYBOX} is not static (install busybox-static), skipping");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let mut spec = InitramfsSpec::new(bb); // busybox doubles as a static "agent"
+        if mods.is_dir() {
+            spec.modules_dir = Some(mods.to_path_buf());
+            spec.modules = ["gve", "virtio_iommu", "sch_ingress", "cls_bpf", "kvm_amd"]
+                .map(String::from)
+                .to_vec();
+        } else {
+            eprintln!("note: Debian modules absent, building without modules");
+        }
+        let out = t.path().join("initramfs.cpio");
+        let started = Instant::now();
+        let info = build(&spec, &out).unwrap();
+        eprintln!(
+            "built {} bytes, {} entries, modules {:?} in {:?}",
+            info.size,
+            info.files,
+            info.module_load_order,
+            started.elapsed()
+        );
+    }
+}
