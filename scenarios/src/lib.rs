@@ -1,1 +1,6 @@
-//! Scenario model, step runner, verifier, reports
+//! Jobs, their runners on each engine, the event stream and the reports.
+
+pub mod events;
+pub mod job;
+pub mod nested;
+pub mod run;

@@ -3,14 +3,16 @@
 //! a machine on host KVM or nested inside an L1 guest.
 
 pub mod arch;
-pub mod device;
-pub mod layout;
 pub mod boot;
 pub mod bus;
+pub mod device;
+pub mod devices;
+pub mod engine;
 pub mod irq;
+pub mod layout;
+pub mod machine;
+pub mod pci;
 pub mod power;
 pub mod serial;
 pub mod vcpu;
-pub mod engine;
-pub mod pci;
 pub mod virtio;

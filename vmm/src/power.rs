@@ -18,6 +18,8 @@ pub enum ExitReason {
     PowerOff,
     /// The guest asked for a reset (ACPI reset register or triple fault).
     Reset,
+    /// A vCPU took a triple fault (KVM_EXIT_SHUTDOWN); the detail has its RIP.
+    TripleFault(String),
     /// A vCPU failed (KVM error, emulation failure, internal error).
     VcpuError(String),
     /// The host stopped the machine (watchdog, Ctrl-C, end of job).

@@ -80,7 +80,11 @@ impl VcpuThread {
                             // guest with interrupts off is dead.
                             latch.set(ExitReason::VcpuError(format!("vcpu{id} halted")));
                         }
-                        VcpuExit::Shutdown => latch.set(ExitReason::Reset),
+                        VcpuExit::Shutdown => {
+                            let rip = fd.get_regs().map(|r| format!("rip {:#x}", r.rip)).unwrap_or_default();
+                            let cr = fd.get_sregs().map(|s| format!(" cr0 {:#x} cr3 {:#x}", s.cr0, s.cr3)).unwrap_or_default();
+                            latch.set(ExitReason::TripleFault(format!("vcpu{id} {rip}{cr}")))
+                        }
                         VcpuExit::SystemEvent(kind, _) => match kind {
                             kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => latch.set(ExitReason::PowerOff),
                             kvm_bindings::KVM_SYSTEM_EVENT_RESET => latch.set(ExitReason::Reset),

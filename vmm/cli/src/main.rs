@@ -1,1 +1,77 @@
-fn main() { println!("netmem-lab"); }
+//! `netmem-lab`: the lab's command line. See ARCHITECTURE.md (CLI contract).
+
+mod cmd;
+mod rundir;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "netmem-lab",
+    version,
+    about = "VM lab for devmem (netmem) TCP TX through netkit devices"
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Kernels, engines and scenarios available here.
+    List,
+    /// Kernel packages: `kernels fetch [ID…]` downloads, checks and caches them.
+    Kernels {
+        #[command(subcommand)]
+        what: cmd::KernelsWhat,
+    },
+    /// Boot a kernel to the guest agent, print its hello, power off.
+    Boot(cmd::BootArgs),
+    /// Measure against QEMU on the same kernel and engine.
+    Bench {
+        #[command(subcommand)]
+        what: cmd::BenchWhat,
+    },
+    /// Guest agent (runs inside the lab guest as part of its initramfs).
+    #[command(hide = true)]
+    Agent {
+        #[arg(long, default_value = "/dev/hvc0")]
+        port: std::path::PathBuf,
+    },
+    /// Run a job inside the nested engine's L1 guest.
+    #[command(hide = true, name = "l1-job")]
+    L1Job { job: std::path::PathBuf },
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let code = match cli.command {
+        Command::List => cmd::list(),
+        Command::Kernels { what } => cmd::kernels(what),
+        Command::Boot(a) => cmd::boot(a),
+        Command::Bench { what } => cmd::bench(what),
+        Command::Agent { port } => cmd::agent(&port),
+        Command::L1Job { job } => cmd::l1_job(&job),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

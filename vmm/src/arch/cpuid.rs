@@ -424,3 +424,106 @@ mod tests {
         assert_eq!(idx.len(), m.len(), "no duplicates");
     }
 }
+
+/// Leaf 1 ECX: FMA (12), XSAVE (26), OSXSAVE (27), AVX (28), F16C (29).
+const LEAF1_ECX_XSAVE: u32 = (1 << 12) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29);
+/// Leaf 7.0 EBX: AVX2 (5) and the AVX-512 family (16, 17, 21, 26, 27, 28, 30, 31).
+const LEAF7_EBX_AVX: u32 = (1 << 5)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 21)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 28)
+    | (1 << 30)
+    | (1 << 31);
+/// Leaf 7.0 ECX: AVX512_VBMI (1), PKU (3), OSPKE (4), AVX512_VBMI2 (6), VAES (9),
+/// VPCLMULQDQ (10), AVX512_VNNI (11), AVX512_BITALG (12), AVX512_VPOPCNTDQ (14).
+const LEAF7_ECX_AVX: u32 = (1 << 1)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 6)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 14);
+/// Leaf 7.0 EDX: AVX512_4VNNIW (2), AVX512_4FMAPS (3), VP2INTERSECT (8), AVX512_FP16 (23), AMX.
+const LEAF7_EDX_AVX: u32 = (1 << 2) | (1 << 3) | (1 << 8) | (1 << 23) | LEAF7_EDX_AMX;
+/// Leaf 7.1 EAX: AVX_VNNI (4), AVX512_BF16 (5), AVX_IFMA (23).
+const LEAF7_1_EAX_AVX: u32 = (1 << 4) | (1 << 5) | (1 << 23);
+/// Leaf 0x8000_0001 ECX: XOP (11), FMA4 (16).
+const EXT1_ECX_AVX: u32 = (1 << 11) | (1 << 16);
+
+/// Hide XSAVE and every feature whose state XSAVE manages (AVX, AVX-512,
+/// PKU, AMX, …) from the guest: the guest runs on FXSAVE alone.
+///
+/// Needed on the nested engine: QEMU TCG's SVM does not intercept a nested
+/// guest's XSETBV, so L1 KVM never sees the guest's XCR0 and reports a stale
+/// CPUID 0xD.0 EBX (the legacy 576 bytes); Linux 7.3 then fails its XSAVE
+/// consistency check and dereferences NULL in fpstate_reset (measured: L2
+/// panic in fpu__init_system_xstate). The dependent features must go too:
+/// Linux only clears them itself (cpuid-deps.c) when *it* disables XSAVE,
+/// and with AVX still advertised its crypto self-tests hit #UD.
+pub fn hide_xsave(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice().iter_mut() {
+        match (e.function, e.index) {
+            (1, _) => e.ecx &= !LEAF1_ECX_XSAVE,
+            (7, 0) => {
+                e.ebx &= !LEAF7_EBX_AVX;
+                e.ecx &= !LEAF7_ECX_AVX;
+                e.edx &= !LEAF7_EDX_AVX;
+            }
+            (7, 1) => e.eax &= !LEAF7_1_EAX_AVX,
+            (0x8000_0001, _) => e.ecx &= !EXT1_ECX_AVX,
+            (0xd, _) => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod xsave_tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn hide_xsave_clears_leaf1_and_0xd() {
+        let entries = [
+            kvm_cpuid_entry2 {
+                function: 1,
+                ecx: LEAF1_ECX_XSAVE | 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xd,
+                index: 0,
+                eax: 0x207,
+                ebx: 0x240,
+                ecx: 0xa88,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xd,
+                index: 2,
+                eax: 0x100,
+                ebx: 0x240,
+                ..Default::default()
+            },
+        ];
+        let mut c = CpuId::from_entries(&entries).unwrap();
+        hide_xsave(&mut c);
+        let s = c.as_slice();
+        assert_eq!(s[0].ecx, 1);
+        assert!(
+            s[1..]
+                .iter()
+                .all(|e| e.eax == 0 && e.ebx == 0 && e.ecx == 0)
+        );
+    }
+}

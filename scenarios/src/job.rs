@@ -1,0 +1,84 @@
+//! A job: what one run of the lab does, independent of the engine. On the
+//! nested engine the job travels into L1 as JSON with its paths rewritten.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The lab machine of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MachineSpec {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    /// Hide XSAVE from the guest: set by the nested engine (QEMU TCG's SVM
+    /// does not intercept the L2 guest's XSETBV; see vmm::arch::cpuid::hide_xsave).
+    #[serde(default)]
+    pub hide_xsave: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum JobCommand {
+    /// Boot to the agent, say hello, power off.
+    Boot,
+    /// Boot `runs` times and report boot-to-agent times.
+    BenchBoot { runs: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub command: JobCommand,
+    pub kernel_spec: String,
+    pub kernel_release: String,
+    pub machine: MachineSpec,
+    /// Watchdog for boot-to-agent, seconds.
+    pub boot_timeout_s: u64,
+    /// Forward every guest console line as an event.
+    pub verbose: bool,
+}
+
+/// Kernel command line of the lab guest. `quiet` keeps the serial console
+/// (one exit per byte) short; the agent reads the full log from /dev/kmsg.
+pub fn default_cmdline() -> String {
+    [
+        "console=ttyS0",
+        "quiet",
+        "panic=-1",
+        "reboot=acpi",
+        "iommu.strict=1",
+        "iommu.passthrough=0",
+        "8250.nr_uarts=1",
+        "rdinit=/init",
+    ]
+    .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_json_round_trip() {
+        let j = Job {
+            command: JobCommand::BenchBoot { runs: 3 },
+            kernel_spec: "patched".into(),
+            kernel_release: "7.3.4+deb13-cloud-amd64".into(),
+            machine: MachineSpec {
+                kernel: "/l2/vmlinuz".into(),
+                initramfs: "/l2/initrd".into(),
+                cmdline: default_cmdline(),
+                mem_mib: 2048,
+                vcpus: 2,
+                hide_xsave: false,
+            },
+            boot_timeout_s: 120,
+            verbose: false,
+        };
+        let s = serde_json::to_string(&j).unwrap();
+        assert_eq!(serde_json::from_str::<Job>(&s).unwrap(), j);
+        assert!(default_cmdline().contains("iommu.strict=1"));
+    }
+}

@@ -1,0 +1,273 @@
+//! The host side of the nested engine: pack the job, this binary, the lab
+//! kernel and initramfs into an L1 initramfs, boot L1 under QEMU TCG, and
+//! relay the events it streams back; and the L1 side's event port lookup.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vmm::engine::{EVENT_PORT_NAME, L1Config, L1Guest};
+
+use crate::events::{Event, EventSink};
+use crate::job::Job;
+use crate::run::{EXIT_LAB_ERROR, Outcome};
+
+/// Paths inside the L1 initramfs.
+pub const L1_JOB: &str = "/etc/netmem/job.json";
+pub const L1_L2_KERNEL: &str = "/l2/vmlinuz";
+pub const L1_L2_INITRAMFS: &str = "/l2/initramfs.cpio";
+/// Kernel modules L1 needs to offer KVM (kvm_amd pulls kvm and irqbypass).
+pub const L1_MODULES: &[&str] = &["kvm_amd"];
+/// Memory of L1 on top of the lab guest's.
+pub const L1_EXTRA_MIB: u64 = 1024;
+
+/// What the host needs to start L1.
+pub struct NestedSetup {
+    /// The L1 kernel (Debian's, the patched one) with its modules.
+    pub l1_kernel: kernel::ResolvedKernel,
+    /// This executable (static), run inside L1.
+    pub self_exe: PathBuf,
+    pub busybox: PathBuf,
+    pub qemu: PathBuf,
+    pub run_dir: PathBuf,
+    /// Bound for L1 to boot and connect its event channel.
+    pub l1_connect_timeout: Duration,
+}
+
+/// The L1 init: mount, load KVM, run the job, power off.
+fn l1_init_script() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+/bin/busybox mount -t tmpfs tmpfs /tmp
+/bin/busybox mount -t tmpfs tmpfs /run
+while read -r name path; do
+  [ -n "$path" ] || continue
+  /bin/busybox insmod "$path" || echo "netmem-l1: insmod $name failed" > /dev/ttyS0
+done < /etc/netmem/modules.load
+/sbin/netmem-lab l1-job {L1_JOB}
+/bin/busybox sync
+/bin/busybox poweroff -f
+"#
+    )
+}
+
+fn l1_cmdline() -> String {
+    "console=ttyS0 quiet panic=-1 rdinit=/init".into()
+}
+
+/// Build the L1 initramfs for `job` (whose machine paths are host paths).
+pub fn build_l1_initramfs(job: &Job, setup: &NestedSetup) -> Result<PathBuf, String> {
+    let mut inner = job.clone();
+    inner.machine.kernel = L1_L2_KERNEL.into();
+    inner.machine.initramfs = L1_L2_INITRAMFS.into();
+    inner.machine.hide_xsave = true;
+    let job_json = serde_json::to_vec_pretty(&inner).map_err(|e| e.to_string())?;
+    let spec = images::initramfs::InitramfsSpec {
+        agent_binary: setup.self_exe.clone(),
+        busybox: setup.busybox.clone(),
+        modules_dir: setup.l1_kernel.modules_dir.clone(),
+        modules: L1_MODULES.iter().map(|s| s.to_string()).collect(),
+        extra_files: vec![
+            images::initramfs::ExtraFile {
+                guest_path: L1_L2_KERNEL.into(),
+                source: images::initramfs::FileSource::Path(job.machine.kernel.clone()),
+                mode: 0o644,
+            },
+            images::initramfs::ExtraFile {
+                guest_path: L1_L2_INITRAMFS.into(),
+                source: images::initramfs::FileSource::Path(job.machine.initramfs.clone()),
+                mode: 0o644,
+            },
+            images::initramfs::ExtraFile {
+                guest_path: L1_JOB.into(),
+                source: images::initramfs::FileSource::Bytes(job_json),
+                mode: 0o644,
+            },
+        ],
+        init: images::initramfs::InitKind::Custom(l1_init_script()),
+    };
+    let out = setup.run_dir.join("l1-initramfs.cpio");
+    images::initramfs::build(&spec, &out).map_err(|e| format!("building the L1 initramfs: {e}"))?;
+    Ok(out)
+}
+
+/// Run `job` inside an L1 guest and relay its events to `sink`.
+pub fn run_nested(
+    job: &Job,
+    setup: &NestedSetup,
+    sink: Arc<dyn EventSink>,
+    cancel: &dyn Fn() -> bool,
+) -> Outcome {
+    let t0 = Instant::now();
+    let fail = |msg: String, tail: Vec<String>| {
+        sink.emit(Event::Failure {
+            message: msg.clone(),
+            console_tail: tail.clone(),
+            exit_code: EXIT_LAB_ERROR,
+        });
+        Outcome {
+            exit_code: EXIT_LAB_ERROR,
+            report: json!({"kernel": {"spec": job.kernel_spec, "release": job.kernel_release}, "engine": "nested", "verdict": "error", "error": msg, "console_tail": tail}),
+        }
+    };
+    let initramfs = match build_l1_initramfs(job, setup) {
+        Ok(p) => p,
+        Err(e) => return fail(e, vec![]),
+    };
+    sink.emit(Event::Step {
+        name: "L1 initramfs built".into(),
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+        detail: String::new(),
+    });
+    let cfg = L1Config {
+        qemu: setup.qemu.clone(),
+        kernel: setup.l1_kernel.image.clone(),
+        initramfs,
+        cmdline: l1_cmdline(),
+        mem_mib: job.machine.mem_mib + L1_EXTRA_MIB,
+        smp: 2,
+        run_dir: setup.run_dir.clone(),
+    };
+    sink.emit(Event::Progress {
+        what: "booting L1".into(),
+        detail: "QEMU TCG, -cpu max (SVM), kvm_amd inside".into(),
+    });
+    let mut l1 = match L1Guest::start(cfg, setup.l1_connect_timeout) {
+        Ok(g) => g,
+        Err(e) => return fail(format!("{e}"), vec![]),
+    };
+    sink.emit(Event::Step {
+        name: "L1 started".into(),
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+        detail: "event channel connected".into(),
+    });
+    // Watchdog for the whole L1 run: L1 boot + the job's own watchdogs.
+    let overall =
+        setup.l1_connect_timeout + Duration::from_secs(job.boot_timeout_s * job_boots(job) + 120);
+    let mut outcome: Option<Outcome> = None;
+    loop {
+        if cancel() {
+            l1.kill();
+            return fail("interrupted".into(), l1.console_tail(40));
+        }
+        if t0.elapsed() > overall {
+            l1.kill();
+            return fail(
+                format!("watchdog: the L1 run exceeded {} s", overall.as_secs()),
+                l1.console_tail(40),
+            );
+        }
+        match l1.next_line(Duration::from_millis(200)) {
+            Ok(Some(line)) => match serde_json::from_str::<Event>(&line) {
+                Ok(Event::Report { report }) => {
+                    let code = report
+                        .get("exit_code")
+                        .and_then(|c| c.as_i64())
+                        .unwrap_or(0) as i32;
+                    sink.emit(Event::Report {
+                        report: report.clone(),
+                    });
+                    outcome = Some(Outcome {
+                        exit_code: code,
+                        report,
+                    });
+                }
+                Ok(Event::Failure {
+                    message,
+                    console_tail,
+                    exit_code,
+                }) => {
+                    sink.emit(Event::Failure {
+                        message: message.clone(),
+                        console_tail: console_tail.clone(),
+                        exit_code,
+                    });
+                    outcome = Some(Outcome {
+                        exit_code,
+                        report: json!({"kernel": {"spec": job.kernel_spec, "release": job.kernel_release}, "engine": "nested", "verdict": "error", "error": message, "console_tail": console_tail}),
+                    });
+                }
+                Ok(ev) => sink.emit(ev),
+                Err(_) => sink.emit(Event::Log {
+                    level: "l1".into(),
+                    message: line,
+                }),
+            },
+            Ok(None) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if l1.try_exit_status().is_some() {
+                    break;
+                }
+            }
+            Err(e) => return fail(format!("L1 event channel: {e}"), l1.console_tail(40)),
+        }
+    }
+    l1.finish(Duration::from_secs(10));
+    match outcome {
+        Some(o) => o,
+        None => fail(
+            "the L1 guest ended without a report".into(),
+            l1.console_tail(40),
+        ),
+    }
+}
+
+fn job_boots(job: &Job) -> u64 {
+    match job.command {
+        crate::job::JobCommand::BenchBoot { runs } => u64::from(runs.max(1)),
+        _ => 1,
+    }
+}
+
+/// Inside L1: the character device of the virtio-serial port named
+/// `netmem.events`, from /sys/class/virtio-ports/*/name.
+pub fn find_event_port(sys_root: &Path) -> Option<PathBuf> {
+    let dir = sys_root.join("class/virtio-ports");
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+        if name.trim() == EVENT_PORT_NAME {
+            return Some(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_port_by_name() {
+        let d = std::env::temp_dir().join(format!("nl-ports-{}", std::process::id()));
+        for (p, n) in [("vport0p0", "other"), ("vport1p1", EVENT_PORT_NAME)] {
+            std::fs::create_dir_all(d.join("class/virtio-ports").join(p)).unwrap();
+            std::fs::write(
+                d.join("class/virtio-ports").join(p).join("name"),
+                format!("{n}\n"),
+            )
+            .unwrap();
+        }
+        assert_eq!(find_event_port(&d), Some(PathBuf::from("/dev/vport1p1")));
+        std::fs::remove_dir_all(&d).unwrap();
+        assert_eq!(find_event_port(&d), None);
+    }
+
+    #[test]
+    fn init_script_runs_job_then_powers_off() {
+        let s = l1_init_script();
+        let run = s.find("l1-job").unwrap();
+        let off = s.find("poweroff -f").unwrap();
+        assert!(run < off);
+        assert!(s.contains("modules.load"));
+    }
+}

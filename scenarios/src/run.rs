@@ -1,0 +1,296 @@
+//! Running a job on this host's KVM (the kvm engine, and the L1 side of the
+//! nested engine).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vmm::machine::{Machine, MachineConfig};
+use vmm::power::ExitReason;
+
+use crate::events::{Event, EventSink};
+use crate::job::{Job, JobCommand};
+
+/// Exit codes (ARCHITECTURE.md): 0 as expected, 1 a finding, 2 the lab could not run.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FINDING: i32 = 1;
+pub const EXIT_LAB_ERROR: i32 = 2;
+
+/// The end of a job: the exit code and the report (also sent as an event).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub exit_code: i32,
+    pub report: serde_json::Value,
+}
+
+/// A failure that ends the run with exit 2 and the console tail.
+#[derive(Debug)]
+pub struct RunFailure {
+    pub message: String,
+    pub console_tail: Vec<String>,
+}
+
+fn step(sink: &dyn EventSink, t0: Instant, name: &str, detail: String) {
+    sink.emit(Event::Step {
+        name: name.into(),
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+        detail,
+    });
+}
+
+/// One booted machine with its agent connected.
+pub type Agent = netmem_agent::client::AgentClient<
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+>;
+
+pub struct Booted {
+    pub machine: Machine,
+    pub agent: Agent,
+    pub boot_to_agent: Duration,
+}
+
+/// Boot the job's machine and wait for the agent's ready event, watching for
+/// a panic, an early exit and the watchdog.
+pub fn boot(job: &Job, sink: Arc<dyn EventSink>, t0: Instant) -> Result<Booted, RunFailure> {
+    let hook_sink = sink.clone();
+    let verbose = job.verbose;
+    let cfg = MachineConfig {
+        kernel: job.machine.kernel.clone(),
+        initramfs: Some(job.machine.initramfs.clone()),
+        cmdline: job.machine.cmdline.clone(),
+        mem_mib: job.machine.mem_mib,
+        vcpus: job.machine.vcpus,
+        hide_xsave: job.machine.hide_xsave,
+        console_log: None,
+        console_hook: Some(Box::new(move |l: &str| {
+            if verbose {
+                hook_sink.emit(Event::Console {
+                    line: l.to_string(),
+                })
+            }
+        })),
+    };
+    let start = Instant::now();
+    let machine = Machine::start(cfg).map_err(|e| RunFailure {
+        message: format!("starting the VM: {}", error_chain(&e)),
+        console_tail: vec![],
+    })?;
+    step(
+        &*sink,
+        t0,
+        "VM started",
+        format!("{} MiB, {} vCPU", job.machine.mem_mib, job.machine.vcpus),
+    );
+    let chan = |e: std::io::Error| RunFailure {
+        message: format!("agent channel: {e}"),
+        console_tail: vec![],
+    };
+    let stream = machine.agent_stream().map_err(chan)?;
+    let mut agent = Agent::new(stream.try_clone().map_err(chan)?, stream);
+    let deadline = start + Duration::from_secs(job.boot_timeout_s);
+    loop {
+        if let Some(p) = machine.console_panic() {
+            // Give the console a moment to print the backtrace tail.
+            let _ = machine.wait_exit(Duration::from_millis(500));
+            return Err(RunFailure {
+                message: format!("guest kernel panicked: {p}"),
+                console_tail: machine.console_tail(),
+            });
+        }
+        if let Some(r) = machine.exit_reason() {
+            return Err(RunFailure {
+                message: format!(
+                    "the guest ended before its agent started: {}",
+                    describe_exit(&r)
+                ),
+                console_tail: machine.console_tail(),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(RunFailure {
+                message: format!(
+                    "watchdog: no agent after {} s (raise it with --boot-timeout)",
+                    job.boot_timeout_s
+                ),
+                console_tail: machine.console_tail(),
+            });
+        }
+        match agent.wait_ready(Duration::from_millis(250)) {
+            Ok(_) => break,
+            Err(netmem_agent::client::ClientError::Timeout { .. }) => continue,
+            Err(e) => {
+                return Err(RunFailure {
+                    message: format!("agent channel: {e}"),
+                    console_tail: machine.console_tail(),
+                });
+            }
+        }
+    }
+    let boot_to_agent = start.elapsed();
+    step(
+        &*sink,
+        t0,
+        "agent ready",
+        format!("{} ms after VM start", boot_to_agent.as_millis()),
+    );
+    Ok(Booted {
+        machine,
+        agent,
+        boot_to_agent,
+    })
+}
+
+pub fn describe_exit(r: &ExitReason) -> String {
+    match r {
+        ExitReason::PowerOff => "powered off".into(),
+        ExitReason::Reset => "reset (ACPI reset register or KVM reset event)".into(),
+        ExitReason::TripleFault(d) => format!("triple fault ({d})"),
+        ExitReason::VcpuError(e) => format!("vCPU error: {e}"),
+        ExitReason::Stopped(w) => format!("stopped: {w}"),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// Power the guest off through its agent and wait for the machine to end.
+pub fn power_off(b: &mut Booted) -> ExitReason {
+    let _ = b.agent.shutdown();
+    match b.machine.wait_exit(Duration::from_secs(30)) {
+        Some(r) => {
+            b.machine.stop("job finished");
+            r
+        }
+        None => b.machine.stop("guest did not power off within 30 s"),
+    }
+}
+
+/// Run a job here, on this host's KVM.
+pub fn run_local(job: &Job, sink: Arc<dyn EventSink>, engine: &str) -> Outcome {
+    let t0 = Instant::now();
+    let res = match &job.command {
+        JobCommand::Boot => run_boot(job, sink.clone(), t0, engine),
+        JobCommand::BenchBoot { runs } => run_bench_boot(job, *runs, sink.clone(), t0, engine),
+    };
+    match res {
+        Ok(mut o) => {
+            o.report["exit_code"] = json!(o.exit_code);
+            sink.emit(Event::Report {
+                report: o.report.clone(),
+            });
+            o
+        }
+        Err(f) => {
+            sink.emit(Event::Failure {
+                message: f.message.clone(),
+                console_tail: f.console_tail.clone(),
+                exit_code: EXIT_LAB_ERROR,
+            });
+            Outcome {
+                exit_code: EXIT_LAB_ERROR,
+                report: json!({
+                    "command": command_name(&job.command),
+                    "kernel": {"spec": job.kernel_spec, "release": job.kernel_release},
+                    "engine": engine,
+                    "verdict": "error",
+                    "error": f.message,
+                    "console_tail": f.console_tail,
+                }),
+            }
+        }
+    }
+}
+
+fn command_name(c: &JobCommand) -> &'static str {
+    match c {
+        JobCommand::Boot => "boot",
+        JobCommand::BenchBoot { .. } => "bench-boot",
+    }
+}
+
+fn run_boot(
+    job: &Job,
+    sink: Arc<dyn EventSink>,
+    t0: Instant,
+    engine: &str,
+) -> Result<Outcome, RunFailure> {
+    let mut b = boot(job, sink.clone(), t0)?;
+    let hello = b.agent.hello().map_err(|e| RunFailure {
+        message: format!("agent hello: {e}"),
+        console_tail: b.machine.console_tail(),
+    })?;
+    step(
+        &*sink,
+        t0,
+        "agent hello",
+        format!("{} ({} PCI functions)", hello.release, hello.pci.len()),
+    );
+    let exit = power_off(&mut b);
+    step(&*sink, t0, "VM ended", describe_exit(&exit));
+    let clean = exit == ExitReason::PowerOff;
+    let report = json!({
+        "command": "boot",
+        "kernel": {"spec": job.kernel_spec, "release": hello.release},
+        "engine": engine,
+        "verdict": if clean { "pass" } else { "error" },
+        "timing_ms": {
+            "boot_to_agent": b.boot_to_agent.as_millis() as u64,
+            "total": t0.elapsed().as_millis() as u64,
+        },
+        "hello": hello,
+        "machine": b.machine.stats(),
+        "exit": exit,
+    });
+    Ok(Outcome {
+        exit_code: if clean { EXIT_OK } else { EXIT_LAB_ERROR },
+        report,
+    })
+}
+
+fn run_bench_boot(
+    job: &Job,
+    runs: u32,
+    sink: Arc<dyn EventSink>,
+    t0: Instant,
+    engine: &str,
+) -> Result<Outcome, RunFailure> {
+    let mut times = Vec::new();
+    for i in 0..runs {
+        let mut b = boot(job, sink.clone(), t0)?;
+        times.push(b.boot_to_agent.as_millis() as u64);
+        power_off(&mut b);
+        step(
+            &*sink,
+            t0,
+            "bench run",
+            format!("{}/{runs}: {} ms", i + 1, b.boot_to_agent.as_millis()),
+        );
+    }
+    Ok(Outcome {
+        exit_code: EXIT_OK,
+        report: json!({
+            "command": "bench-boot",
+            "kernel": {"spec": job.kernel_spec, "release": job.kernel_release},
+            "engine": engine,
+            "vmm": {"runs_ms": times, "median_ms": median(&times)},
+        }),
+    })
+}
+
+pub fn median(v: &[u64]) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    s[s.len() / 2]
+}

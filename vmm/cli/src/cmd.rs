@@ -1,0 +1,384 @@
+//! The subcommands.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Subcommand, ValueEnum};
+use scenarios::events::{Event, EventSink, JsonLineSink, TerminalSink};
+use scenarios::job::{Job, JobCommand, MachineSpec, default_cmdline};
+use scenarios::run::{EXIT_LAB_ERROR, Outcome};
+use vmm::engine::Engine;
+
+use crate::rundir::RunDir;
+
+/// Modules the lab guest loads at boot (with their dependencies).
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_iommu",
+    "virtio_rng",
+    "gve",
+    "sch_ingress",
+    "cls_bpf",
+];
+/// Busybox from Debian's busybox-static.
+pub const BUSYBOX: &str = "/bin/busybox";
+/// QEMU for the nested engine (Debian's qemu-system-x86).
+pub const QEMU: &str = "qemu-system-x86_64";
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EngineArg {
+    Auto,
+    Kvm,
+    Nested,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct MachineArgs {
+    /// Kernel: `patched` (Debian 7.3.4 cloud), `baseline` (Debian 7.1.13 cloud) or a PATH to a bzImage/vmlinux.
+    #[arg(long, default_value = "patched")]
+    pub kernel: String,
+    /// Modules directory for a PATH kernel (…/lib/modules/RELEASE).
+    #[arg(long)]
+    pub modules: Option<PathBuf>,
+    /// Where the machine runs.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: EngineArg,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub mem: u64,
+    /// Guest vCPUs (1–2 supported by the lab's machine model).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub vcpus: u8,
+    /// Watchdog: seconds from VM start to the agent's ready signal.
+    #[arg(long, default_value_t = 180)]
+    pub boot_timeout: u64,
+    /// Print the guest's serial console lines.
+    #[arg(long)]
+    pub console: bool,
+    /// Extra kernel command-line arguments (e.g. `loglevel=8` to undo `quiet`).
+    #[arg(long, default_value = "")]
+    pub append: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BootArgs {
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Boot-to-agent time of our VMM against QEMU on the same kernel, initramfs and engine.
+    Boot {
+        #[command(flatten)]
+        machine: MachineArgs,
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KernelsWhat {
+    /// Download (once), verify and unpack catalog kernels into the cache.
+    Fetch {
+        /// Kernel ids (default: every id in the catalog).
+        ids: Vec<String>,
+    },
+}
+
+pub fn kernels(what: KernelsWhat) -> i32 {
+    match what {
+        KernelsWhat::Fetch { ids } => {
+            let ids = if ids.is_empty() {
+                kernel::catalog().ids()
+            } else {
+                ids
+            };
+            for id in ids {
+                match kernel::resolve(&id, None, &mut |p| eprintln!("  {id}: {p}")) {
+                    Ok(k) => println!("{id}: {} {}", k.release, k.image.display()),
+                    Err(e) => {
+                        eprintln!("error: kernel {id}: {e}");
+                        return EXIT_LAB_ERROR;
+                    }
+                }
+            }
+            0
+        }
+    }
+}
+
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    CANCELLED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C / SIGTERM: set a flag the runners poll; they tear everything down.
+fn install_cancel_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+fn cancelled() -> bool {
+    CANCELLED.load(Ordering::SeqCst)
+}
+
+pub fn list() -> i32 {
+    println!("kernels:");
+    for k in &kernel::catalog().kernels {
+        println!("  {:<10} {} ({})", k.id, k.description, k.release);
+    }
+    println!("  PATH       a bzImage or vmlinux of your own (--modules DIR for its modules)");
+    println!("engines:");
+    let host = vmm::engine::host_kvm();
+    let auto = vmm::engine::choose(None)
+        .map(|e| e.to_string())
+        .unwrap_or_else(|e| e.to_string());
+    println!("  kvm        this host's /dev/kvm ({host:?})");
+    println!("  nested     an L1 guest under QEMU TCG running this binary on L1's KVM");
+    println!("  auto       → {auto}");
+    0
+}
+
+fn report_error(e: &anyhow::Error) -> i32 {
+    eprintln!("error: {e:#}");
+    EXIT_LAB_ERROR
+}
+
+fn write_json(path: &Option<PathBuf>, v: &serde_json::Value) -> Result<()> {
+    if let Some(p) = path {
+        let s = serde_json::to_string_pretty(v)?;
+        std::fs::write(p, s + "\n").with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+struct Prepared {
+    engine: Engine,
+    job: Job,
+    run: RunDir,
+}
+
+/// Resolve engine and kernel, build the lab initramfs: the common first half.
+fn prepare(m: &MachineArgs, command: JobCommand, sink: &dyn EventSink) -> Result<Prepared> {
+    let engine = vmm::engine::choose(match m.engine {
+        EngineArg::Auto => None,
+        EngineArg::Kvm => Some(Engine::Kvm),
+        EngineArg::Nested => Some(Engine::Nested),
+    })?;
+    sink.emit(Event::Step {
+        name: "engine".into(),
+        elapsed_ms: 0,
+        detail: engine.to_string(),
+    });
+    let k = kernel::resolve(&m.kernel, m.modules.as_deref(), &mut |p| {
+        sink.emit(Event::Progress {
+            what: "kernel".into(),
+            detail: p.to_string(),
+        })
+    })
+    .with_context(|| format!("resolving kernel {:?}", m.kernel))?;
+    sink.emit(Event::Step {
+        name: "kernel resolved".into(),
+        elapsed_ms: 0,
+        detail: format!("{} ({})", k.release, k.image.display()),
+    });
+    let run = RunDir::create(&kernel::cache_dir()).context("creating the run directory")?;
+    let self_exe = std::env::current_exe().context("locating this executable")?;
+    let mut spec = images::initramfs::InitramfsSpec::new(&self_exe);
+    spec.busybox = BUSYBOX.into();
+    spec.modules_dir = k.modules_dir.clone();
+    spec.modules = if k.modules_dir.is_some() {
+        GUEST_MODULES.iter().map(|s| s.to_string()).collect()
+    } else {
+        vec![]
+    };
+    let initramfs = run.path().join("lab-initramfs.cpio");
+    let info = images::initramfs::build(&spec, &initramfs).context("building the lab initramfs")?;
+    sink.emit(Event::Step {
+        name: "initramfs built".into(),
+        elapsed_ms: 0,
+        detail: format!(
+            "{} KiB, modules: {}",
+            info.size / 1024,
+            info.module_load_order.join(" ")
+        ),
+    });
+    let job = Job {
+        command,
+        kernel_spec: m.kernel.clone(),
+        kernel_release: k.release.clone(),
+        machine: MachineSpec {
+            kernel: k.image.clone(),
+            initramfs,
+            cmdline: if m.append.is_empty() {
+                default_cmdline()
+            } else {
+                format!("{} {}", default_cmdline(), m.append)
+            },
+            mem_mib: m.mem,
+            vcpus: m.vcpus,
+            hide_xsave: false,
+        },
+        boot_timeout_s: m.boot_timeout,
+        verbose: m.console,
+    };
+    Ok(Prepared { engine, job, run })
+}
+
+fn execute(p: &Prepared, sink: Arc<dyn EventSink>) -> Result<Outcome> {
+    match p.engine {
+        Engine::Kvm => Ok(scenarios::run::run_local(&p.job, sink, "kvm")),
+        Engine::Nested => {
+            let l1_kernel = kernel::resolve("patched", None, &mut |pr| {
+                sink.emit(Event::Progress {
+                    what: "L1 kernel".into(),
+                    detail: pr.to_string(),
+                })
+            })
+            .context("resolving the L1 kernel")?;
+            let setup = scenarios::nested::NestedSetup {
+                l1_kernel,
+                self_exe: std::env::current_exe()?,
+                busybox: BUSYBOX.into(),
+                qemu: QEMU.into(),
+                run_dir: p.run.path().to_path_buf(),
+                l1_connect_timeout: Duration::from_secs(120),
+            };
+            Ok(scenarios::nested::run_nested(
+                &p.job, &setup, sink, &cancelled,
+            ))
+        }
+    }
+}
+
+fn print_hello(report: &serde_json::Value) {
+    let Some(h) = report.get("hello") else { return };
+    println!("kernel  {}", h["release"].as_str().unwrap_or("?"));
+    println!("cmdline {}", h["cmdline"].as_str().unwrap_or("?").trim());
+    if let Some(pci) = h["pci"].as_array() {
+        println!("PCI functions:");
+        for f in pci {
+            println!(
+                "  {} {:04x}:{:04x} class {:06x} driver {} iommu_group {}",
+                f["bdf"].as_str().unwrap_or("?"),
+                f["vendor"].as_u64().unwrap_or(0),
+                f["device"].as_u64().unwrap_or(0),
+                f["class"].as_u64().unwrap_or(0),
+                f["driver"].as_str().unwrap_or("-"),
+                f["iommu_group"]
+                    .as_u64()
+                    .map(|g| g.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+    if let Some(g) = h["iommu_groups"].as_array() {
+        for grp in g {
+            println!(
+                "IOMMU group {} type {} devices {}",
+                grp["id"],
+                grp["type_"]
+                    .as_str()
+                    .or(grp["type"].as_str())
+                    .unwrap_or("?"),
+                grp["devices"]
+            );
+        }
+    }
+    if let Some(t) = report.get("timing_ms") {
+        println!(
+            "boot_to_agent {} ms, total {} ms",
+            t["boot_to_agent"], t["total"]
+        );
+    }
+}
+
+pub fn boot(a: BootArgs) -> i32 {
+    install_cancel_handlers();
+    let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(a.machine.console));
+    let res = (|| -> Result<i32> {
+        let p = prepare(&a.machine, JobCommand::Boot, &*sink)?;
+        let out = execute(&p, sink.clone())?;
+        let mut report = out.report.clone();
+        report["engine"] = serde_json::json!(p.engine.to_string());
+        write_json(&a.json, &report)?;
+        print_hello(&report);
+        Ok(out.exit_code)
+    })();
+    res.unwrap_or_else(|e| report_error(&e))
+}
+
+pub fn bench(what: BenchWhat) -> i32 {
+    install_cancel_handlers();
+    match what {
+        BenchWhat::Boot {
+            machine,
+            runs,
+            json,
+        } => {
+            let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(machine.console));
+            let res = (|| -> Result<i32> {
+                let p = prepare(&machine, JobCommand::BenchBoot { runs }, &*sink)?;
+                let out = execute(&p, sink.clone())?;
+                write_json(&json, &out.report)?;
+                println!("{}", serde_json::to_string_pretty(&out.report)?);
+                Ok(out.exit_code)
+            })();
+            res.unwrap_or_else(|e| report_error(&e))
+        }
+    }
+}
+
+pub fn agent(port: &Path) -> i32 {
+    match netmem_agent::server::serve(port) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("netmem-agent: {e}");
+            1
+        }
+    }
+}
+
+/// Inside L1: run the job on L1's KVM, streaming events to the host.
+pub fn l1_job(job_path: &Path) -> i32 {
+    let res = (|| -> Result<i32> {
+        let job: Job = serde_json::from_slice(
+            &std::fs::read(job_path).with_context(|| format!("reading {}", job_path.display()))?,
+        )?;
+        let port = scenarios::nested::find_event_port(Path::new("/sys")).ok_or_else(|| {
+            anyhow!(
+                "no virtio-serial port named {}",
+                vmm::engine::EVENT_PORT_NAME
+            )
+        })?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&port)
+            .with_context(|| format!("opening {}", port.display()))?;
+        let sink: Arc<dyn EventSink> = Arc::new(JsonLineSink::new(Box::new(f)));
+        sink.emit(Event::Step {
+            name: "L1 booted".into(),
+            elapsed_ms: 0,
+            detail: "kvm_amd loaded".into(),
+        });
+        let out = scenarios::run::run_local(&job, sink, "nested");
+        Ok(out.exit_code)
+    })();
+    res.unwrap_or_else(|e| {
+        eprintln!("netmem-lab l1-job: {e:#}");
+        EXIT_LAB_ERROR
+    })
+}
