@@ -16,3 +16,4 @@ pub mod power;
 pub mod serial;
 pub mod vcpu;
 pub mod virtio;
+pub mod dma;
