@@ -24,8 +24,8 @@ pub struct MachineSpec {
 pub enum JobCommand {
     /// Boot to the agent, say hello, power off.
     Boot,
-    /// Boot `runs` times and report boot-to-agent times.
-    BenchBoot { runs: u32 },
+    /// Boot `runs` times with our VMM and with QEMU; report boot-to-agent medians.
+    BenchBoot { runs: u32, qemu: crate::qemu::QemuInstall },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,13 @@ pub struct Job {
     pub boot_timeout_s: u64,
     /// Forward every guest console line as an event.
     pub verbose: bool,
+    /// Scratch directory for sockets and logs of the run.
+    #[serde(default = "default_scratch")]
+    pub scratch_dir: PathBuf,
+}
+
+fn default_scratch() -> PathBuf {
+    "/tmp".into()
 }
 
 /// Kernel command line of the lab guest. `quiet` keeps the serial console
@@ -63,7 +70,7 @@ mod tests {
     #[test]
     fn job_json_round_trip() {
         let j = Job {
-            command: JobCommand::BenchBoot { runs: 3 },
+            command: JobCommand::BenchBoot { runs: 3, qemu: crate::qemu::QemuInstall { binary: "qemu-system-x86_64".into(), datadir: None, libdir: None } },
             kernel_spec: "patched".into(),
             kernel_release: "7.3.4+deb13-cloud-amd64".into(),
             machine: MachineSpec {
@@ -76,6 +83,7 @@ mod tests {
             },
             boot_timeout_s: 120,
             verbose: false,
+            scratch_dir: "/tmp".into(),
         };
         let s = serde_json::to_string(&j).unwrap();
         assert_eq!(serde_json::from_str::<Job>(&s).unwrap(), j);

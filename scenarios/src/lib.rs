@@ -4,3 +4,4 @@ pub mod events;
 pub mod job;
 pub mod nested;
 pub mod run;
+pub mod qemu;

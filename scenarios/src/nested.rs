@@ -19,6 +19,60 @@ pub const L1_L2_KERNEL: &str = "/l2/vmlinuz";
 pub const L1_L2_INITRAMFS: &str = "/l2/initramfs.cpio";
 /// Kernel modules L1 needs to offer KVM (kvm_amd pulls kvm and irqbypass).
 pub const L1_MODULES: &[&str] = &["kvm_amd"];
+/// Where a copy of the host's QEMU lives inside L1 (bench jobs only).
+pub const L1_QEMU_BIN: &str = "/qemu/bin/qemu-system-x86_64";
+pub const L1_QEMU_LIB: &str = "/qemu/lib";
+pub const L1_QEMU_SHARE: &str = "/qemu/share";
+/// Firmware QEMU's q35 needs for a direct kernel boot (from /usr/share/qemu).
+const QEMU_FIRMWARE: &[&str] = &["bios-256k.bin", "linuxboot_dma.bin", "kvmvapic.bin"];
+
+/// The host's QEMU, its shared libraries (from `ldd`) and firmware, as files
+/// for the L1 initramfs. The dynamic loader goes to its PT_INTERP path.
+fn qemu_files(binary: &Path) -> Result<Vec<images::initramfs::ExtraFile>, String> {
+    use images::initramfs::{ExtraFile, FileSource};
+    let bin = if binary.is_absolute() {
+        binary.to_path_buf()
+    } else {
+        which(binary).ok_or_else(|| format!("{} not found in PATH; install qemu-system-x86", binary.display()))?
+    };
+    let out = std::process::Command::new("ldd").arg(&bin).output().map_err(|e| format!("ldd {}: {e}", bin.display()))?;
+    let mut files = vec![ExtraFile { guest_path: L1_QEMU_BIN.into(), source: FileSource::Path(bin.clone()), mode: 0o755 }];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let line = line.trim();
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let (name, path) = match line.split_once(" => ") {
+            Some((n, rest)) => (n.to_string(), rest.split_whitespace().next().unwrap_or("").to_string()),
+            None => {
+                let p = line.split_whitespace().next().unwrap_or("").to_string();
+                (p.clone(), p)
+            }
+        };
+        if !path.starts_with('/') {
+            continue;
+        }
+        let real = std::fs::canonicalize(&path).map_err(|e| format!("{path}: {e}"))?;
+        if name.starts_with('/') {
+            // The dynamic loader, at its absolute (PT_INTERP) path.
+            files.push(ExtraFile { guest_path: name, source: FileSource::Path(real), mode: 0o755 });
+        } else {
+            files.push(ExtraFile { guest_path: format!("{L1_QEMU_LIB}/{name}"), source: FileSource::Path(real), mode: 0o644 });
+        }
+    }
+    for fw in QEMU_FIRMWARE {
+        // Debian's QEMU looks in /usr/share/qemu, then /usr/share/seabios.
+        let real = ["/usr/share/qemu", "/usr/share/seabios"]
+            .iter()
+            .find_map(|d| std::fs::canonicalize(Path::new(d).join(fw)).ok())
+            .ok_or_else(|| format!("QEMU firmware {fw} not found in /usr/share/qemu or /usr/share/seabios"))?;
+        files.push(ExtraFile { guest_path: format!("{L1_QEMU_SHARE}/{fw}"), source: FileSource::Path(real), mode: 0o644 });
+    }
+    Ok(files)
+}
+
+fn which(name: &Path) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+}
+
 /// Memory of L1 on top of the lab guest's.
 pub const L1_EXTRA_MIB: u64 = 1024;
 
@@ -66,6 +120,12 @@ pub fn build_l1_initramfs(job: &Job, setup: &NestedSetup) -> Result<PathBuf, Str
     inner.machine.kernel = L1_L2_KERNEL.into();
     inner.machine.initramfs = L1_L2_INITRAMFS.into();
     inner.machine.hide_xsave = true;
+    inner.scratch_dir = "/tmp".into();
+    let mut extra = Vec::new();
+    if let crate::job::JobCommand::BenchBoot { qemu, .. } = &mut inner.command {
+        extra = qemu_files(&qemu.binary)?;
+        *qemu = crate::qemu::QemuInstall { binary: L1_QEMU_BIN.into(), datadir: Some(L1_QEMU_SHARE.into()), libdir: Some(L1_QEMU_LIB.into()) };
+    }
     let job_json = serde_json::to_vec_pretty(&inner).map_err(|e| e.to_string())?;
     let spec = images::initramfs::InitramfsSpec {
         agent_binary: setup.self_exe.clone(),
@@ -91,6 +151,8 @@ pub fn build_l1_initramfs(job: &Job, setup: &NestedSetup) -> Result<PathBuf, Str
         ],
         init: images::initramfs::InitKind::Custom(l1_init_script()),
     };
+    let mut spec = spec;
+    spec.extra_files.extend(extra);
     let out = setup.run_dir.join("l1-initramfs.cpio");
     images::initramfs::build(&spec, &out).map_err(|e| format!("building the L1 initramfs: {e}"))?;
     Ok(out)
@@ -224,7 +286,7 @@ pub fn run_nested(
 
 fn job_boots(job: &Job) -> u64 {
     match job.command {
-        crate::job::JobCommand::BenchBoot { runs } => u64::from(runs.max(1)),
+        crate::job::JobCommand::BenchBoot { runs, .. } => 2 * u64::from(runs.max(1)),
         _ => 1,
     }
 }

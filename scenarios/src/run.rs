@@ -179,7 +179,7 @@ pub fn run_local(job: &Job, sink: Arc<dyn EventSink>, engine: &str) -> Outcome {
     let t0 = Instant::now();
     let res = match &job.command {
         JobCommand::Boot => run_boot(job, sink.clone(), t0, engine),
-        JobCommand::BenchBoot { runs } => run_bench_boot(job, *runs, sink.clone(), t0, engine),
+        JobCommand::BenchBoot { runs, qemu } => run_bench_boot(job, *runs, qemu, sink.clone(), t0, engine),
     };
     match res {
         Ok(mut o) => {
@@ -259,29 +259,38 @@ fn run_boot(
 fn run_bench_boot(
     job: &Job,
     runs: u32,
+    qemu: &crate::qemu::QemuInstall,
     sink: Arc<dyn EventSink>,
     t0: Instant,
     engine: &str,
 ) -> Result<Outcome, RunFailure> {
-    let mut times = Vec::new();
+    let runs = runs.max(1);
+    let mut ours = Vec::new();
     for i in 0..runs {
         let mut b = boot(job, sink.clone(), t0)?;
-        times.push(b.boot_to_agent.as_millis() as u64);
+        ours.push(b.boot_to_agent.as_millis() as u64);
         power_off(&mut b);
-        step(
-            &*sink,
-            t0,
-            "bench run",
-            format!("{}/{runs}: {} ms", i + 1, b.boot_to_agent.as_millis()),
-        );
+        step(&*sink, t0, "bench: netmem-lab VMM", format!("run {}/{runs}: {} ms to agent", i + 1, b.boot_to_agent.as_millis()));
     }
+    let mut theirs = Vec::new();
+    for i in 0..runs {
+        let t = crate::qemu::boot_once(&job.machine, qemu, &job.scratch_dir, Duration::from_secs(job.boot_timeout_s))
+            .map_err(|e| RunFailure { message: format!("QEMU baseline: {e}"), console_tail: vec![] })?;
+        theirs.push(t.as_millis() as u64);
+        step(&*sink, t0, "bench: QEMU q35", format!("run {}/{runs}: {} ms to agent", i + 1, t.as_millis()));
+    }
+    let (a, b) = (median(&ours), median(&theirs));
+    let ratio = if b == 0 { 0.0 } else { a as f64 / b as f64 };
     Ok(Outcome {
         exit_code: EXIT_OK,
         report: json!({
             "command": "bench-boot",
             "kernel": {"spec": job.kernel_spec, "release": job.kernel_release},
             "engine": engine,
-            "vmm": {"runs_ms": times, "median_ms": median(&times)},
+            "metric": "boot_to_agent_ms",
+            "vmm": {"runs_ms": ours, "median_ms": a},
+            "qemu": {"runs_ms": theirs, "median_ms": b, "machine": "q35", "accel": "kvm"},
+            "ratio_vmm_over_qemu": ratio,
         }),
     })
 }

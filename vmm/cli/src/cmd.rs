@@ -234,6 +234,7 @@ fn prepare(m: &MachineArgs, command: JobCommand, sink: &dyn EventSink) -> Result
         },
         boot_timeout_s: m.boot_timeout,
         verbose: m.console,
+        scratch_dir: run.path().to_path_buf(),
     };
     Ok(Prepared { engine, job, run })
 }
@@ -331,7 +332,8 @@ pub fn bench(what: BenchWhat) -> i32 {
         } => {
             let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(machine.console));
             let res = (|| -> Result<i32> {
-                let p = prepare(&machine, JobCommand::BenchBoot { runs }, &*sink)?;
+                let qemu = scenarios::qemu::QemuInstall { binary: QEMU.into(), datadir: None, libdir: None };
+                let p = prepare(&machine, JobCommand::BenchBoot { runs, qemu }, &*sink)?;
                 let out = execute(&p, sink.clone())?;
                 write_json(&json, &out.report)?;
                 println!("{}", serde_json::to_string_pretty(&out.report)?);

@@ -1,0 +1,173 @@
+//! QEMU as the yardstick for `bench`: the same kernel, initramfs and command
+//! line on the same engine (host KVM, or L1's KVM when nested), with the agent
+//! on a virtconsole, timed from process start to the agent's ready event.
+
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::job::MachineSpec;
+use crate::run::Agent;
+
+/// Where QEMU and its firmware are.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QemuInstall {
+    pub binary: PathBuf,
+    /// Extra firmware directory (`-L`), for a QEMU copied into L1.
+    pub datadir: Option<PathBuf>,
+    /// Extra library path (`LD_LIBRARY_PATH`) for a QEMU copied into L1.
+    pub libdir: Option<PathBuf>,
+}
+
+/// CPU features QEMU must not offer when the guest must not use XSAVE
+/// (see vmm::arch::cpuid::hide_xsave; QEMU names).
+const NO_XSAVE_FLAGS: &[&str] = &[
+    "xsave", "xsaveopt", "xsavec", "xgetbv1", "xsaves", "avx", "avx2", "fma", "f16c", "pku", "vaes", "vpclmulqdq", "avx512f",
+    "avx512dq", "avx512ifma", "avx512cd", "avx512bw", "avx512vl", "avx512vbmi", "avx512vbmi2", "avx512vnni", "avx512bitalg",
+    "avx512-vpopcntdq", "avx-vnni", "avx512-bf16", "xop", "fma4",
+];
+
+pub fn qemu_args(m: &MachineSpec, agent_sock: &Path, console_log: &Path, datadir: Option<&Path>) -> Vec<String> {
+    let mut cpu = String::from("host");
+    if m.hide_xsave {
+        for f in NO_XSAVE_FLAGS {
+            cpu.push_str(&format!(",{f}=off"));
+        }
+    }
+    let mut a: Vec<String> = vec![
+        "-accel".into(),
+        "kvm".into(),
+        "-M".into(),
+        "q35".into(),
+        "-cpu".into(),
+        cpu,
+        "-smp".into(),
+        m.vcpus.to_string(),
+        "-m".into(),
+        format!("{}M", m.mem_mib),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-kernel".into(),
+        m.kernel.display().to_string(),
+        "-initrd".into(),
+        m.initramfs.display().to_string(),
+        "-append".into(),
+        m.cmdline.clone(),
+        "-chardev".into(),
+        format!("file,id=con,path={}", console_log.display()),
+        "-serial".into(),
+        "chardev:con".into(),
+        "-device".into(),
+        "virtio-serial-pci".into(),
+        "-chardev".into(),
+        format!("socket,id=agent,path={}", agent_sock.display()),
+        "-device".into(),
+        "virtconsole,chardev=agent".into(),
+    ];
+    if let Some(d) = datadir {
+        a.push("-L".into());
+        a.push(d.display().to_string());
+    }
+    a
+}
+
+/// Boot `m` under QEMU once; returns the boot-to-agent time.
+pub fn boot_once(m: &MachineSpec, q: &QemuInstall, run_dir: &Path, timeout: Duration) -> Result<Duration, String> {
+    let sock = run_dir.join("qemu-agent.sock");
+    let con = run_dir.join("qemu-console.log");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(|e| format!("binding {}: {e}", sock.display()))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut cmd = Command::new(&q.binary);
+    cmd.args(qemu_args(m, &sock, &con, q.datadir.as_deref())).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(l) = &q.libdir {
+        cmd.env("LD_LIBRARY_PATH", l);
+    }
+    // SAFETY: prctl in the child before exec only sets its own death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", q.binary.display()))?;
+    let result = (|| {
+        let deadline = start + timeout;
+        let stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Ok(Some(st)) = child.try_wait() {
+                        let mut err = String::new();
+                        if let Some(mut e) = child.stderr.take() {
+                            use std::io::Read;
+                            let _ = e.read_to_string(&mut err);
+                        }
+                        return Err(format!("QEMU exited ({st}): {}", err.trim()));
+                    }
+                    if Instant::now() > deadline {
+                        return Err("QEMU did not connect the agent channel".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let mut agent = Agent::new(stream.try_clone().map_err(|e| e.to_string())?, stream);
+        let left = deadline.saturating_duration_since(Instant::now());
+        agent.wait_ready(left).map_err(|e| format!("QEMU guest agent: {e}; console tail: {}", tail(&con)))?;
+        let t = start.elapsed();
+        let _ = agent.shutdown();
+        Ok(t)
+    })();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_file(&sock);
+    result
+}
+
+fn tail(p: &Path) -> String {
+    let s = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_hide_xsave_only_when_asked() {
+        let mut m = MachineSpec {
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            cmdline: "console=ttyS0".into(),
+            mem_mib: 2048,
+            vcpus: 2,
+            hide_xsave: false,
+        };
+        let a = qemu_args(&m, Path::new("/s"), Path::new("/c"), None).join(" ");
+        assert!(a.contains("-accel kvm -M q35 -cpu host -smp 2 -m 2048M"));
+        assert!(a.contains("virtconsole,chardev=agent"));
+        m.hide_xsave = true;
+        let a = qemu_args(&m, Path::new("/s"), Path::new("/c"), Some(Path::new("/q"))).join(" ");
+        assert!(a.contains("xsave=off") && a.contains("avx=off") && a.ends_with("-L /q"));
+    }
+}
