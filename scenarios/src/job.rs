@@ -25,7 +25,10 @@ pub enum JobCommand {
     /// Boot to the agent, say hello, power off.
     Boot,
     /// Boot `runs` times with our VMM and with QEMU; report boot-to-agent medians.
-    BenchBoot { runs: u32, qemu: crate::qemu::QemuInstall },
+    BenchBoot {
+        runs: u32,
+        qemu: crate::qemu::QemuInstall,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,7 +73,14 @@ mod tests {
     #[test]
     fn job_json_round_trip() {
         let j = Job {
-            command: JobCommand::BenchBoot { runs: 3, qemu: crate::qemu::QemuInstall { binary: "qemu-system-x86_64".into(), datadir: None, libdir: None } },
+            command: JobCommand::BenchBoot {
+                runs: 3,
+                qemu: crate::qemu::QemuInstall {
+                    binary: "qemu-system-x86_64".into(),
+                    datadir: None,
+                    libdir: None,
+                },
+            },
             kernel_spec: "patched".into(),
             kernel_release: "7.3.4+deb13-cloud-amd64".into(),
             machine: MachineSpec {

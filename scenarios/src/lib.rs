@@ -3,5 +3,5 @@
 pub mod events;
 pub mod job;
 pub mod nested;
-pub mod run;
 pub mod qemu;
+pub mod run;

@@ -33,15 +33,30 @@ fn qemu_files(binary: &Path) -> Result<Vec<images::initramfs::ExtraFile>, String
     let bin = if binary.is_absolute() {
         binary.to_path_buf()
     } else {
-        which(binary).ok_or_else(|| format!("{} not found in PATH; install qemu-system-x86", binary.display()))?
+        which(binary).ok_or_else(|| {
+            format!(
+                "{} not found in PATH; install qemu-system-x86",
+                binary.display()
+            )
+        })?
     };
-    let out = std::process::Command::new("ldd").arg(&bin).output().map_err(|e| format!("ldd {}: {e}", bin.display()))?;
-    let mut files = vec![ExtraFile { guest_path: L1_QEMU_BIN.into(), source: FileSource::Path(bin.clone()), mode: 0o755 }];
+    let out = std::process::Command::new("ldd")
+        .arg(&bin)
+        .output()
+        .map_err(|e| format!("ldd {}: {e}", bin.display()))?;
+    let mut files = vec![ExtraFile {
+        guest_path: L1_QEMU_BIN.into(),
+        source: FileSource::Path(bin.clone()),
+        mode: 0o755,
+    }];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let line = line.trim();
         // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
         let (name, path) = match line.split_once(" => ") {
-            Some((n, rest)) => (n.to_string(), rest.split_whitespace().next().unwrap_or("").to_string()),
+            Some((n, rest)) => (
+                n.to_string(),
+                rest.split_whitespace().next().unwrap_or("").to_string(),
+            ),
             None => {
                 let p = line.split_whitespace().next().unwrap_or("").to_string();
                 (p.clone(), p)
@@ -53,9 +68,17 @@ fn qemu_files(binary: &Path) -> Result<Vec<images::initramfs::ExtraFile>, String
         let real = std::fs::canonicalize(&path).map_err(|e| format!("{path}: {e}"))?;
         if name.starts_with('/') {
             // The dynamic loader, at its absolute (PT_INTERP) path.
-            files.push(ExtraFile { guest_path: name, source: FileSource::Path(real), mode: 0o755 });
+            files.push(ExtraFile {
+                guest_path: name,
+                source: FileSource::Path(real),
+                mode: 0o755,
+            });
         } else {
-            files.push(ExtraFile { guest_path: format!("{L1_QEMU_LIB}/{name}"), source: FileSource::Path(real), mode: 0o644 });
+            files.push(ExtraFile {
+                guest_path: format!("{L1_QEMU_LIB}/{name}"),
+                source: FileSource::Path(real),
+                mode: 0o644,
+            });
         }
     }
     for fw in QEMU_FIRMWARE {
@@ -63,14 +86,24 @@ fn qemu_files(binary: &Path) -> Result<Vec<images::initramfs::ExtraFile>, String
         let real = ["/usr/share/qemu", "/usr/share/seabios"]
             .iter()
             .find_map(|d| std::fs::canonicalize(Path::new(d).join(fw)).ok())
-            .ok_or_else(|| format!("QEMU firmware {fw} not found in /usr/share/qemu or /usr/share/seabios"))?;
-        files.push(ExtraFile { guest_path: format!("{L1_QEMU_SHARE}/{fw}"), source: FileSource::Path(real), mode: 0o644 });
+            .ok_or_else(|| {
+                format!("QEMU firmware {fw} not found in /usr/share/qemu or /usr/share/seabios")
+            })?;
+        files.push(ExtraFile {
+            guest_path: format!("{L1_QEMU_SHARE}/{fw}"),
+            source: FileSource::Path(real),
+            mode: 0o644,
+        });
     }
     Ok(files)
 }
 
 fn which(name: &Path) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|c| c.is_file())
+    })
 }
 
 /// Memory of L1 on top of the lab guest's.
@@ -124,7 +157,11 @@ pub fn build_l1_initramfs(job: &Job, setup: &NestedSetup) -> Result<PathBuf, Str
     let mut extra = Vec::new();
     if let crate::job::JobCommand::BenchBoot { qemu, .. } = &mut inner.command {
         extra = qemu_files(&qemu.binary)?;
-        *qemu = crate::qemu::QemuInstall { binary: L1_QEMU_BIN.into(), datadir: Some(L1_QEMU_SHARE.into()), libdir: Some(L1_QEMU_LIB.into()) };
+        *qemu = crate::qemu::QemuInstall {
+            binary: L1_QEMU_BIN.into(),
+            datadir: Some(L1_QEMU_SHARE.into()),
+            libdir: Some(L1_QEMU_LIB.into()),
+        };
     }
     let job_json = serde_json::to_vec_pretty(&inner).map_err(|e| e.to_string())?;
     let spec = images::initramfs::InitramfsSpec {

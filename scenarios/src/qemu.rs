@@ -24,12 +24,41 @@ pub struct QemuInstall {
 /// CPU features QEMU must not offer when the guest must not use XSAVE
 /// (see vmm::arch::cpuid::hide_xsave; QEMU names).
 const NO_XSAVE_FLAGS: &[&str] = &[
-    "xsave", "xsaveopt", "xsavec", "xgetbv1", "xsaves", "avx", "avx2", "fma", "f16c", "pku", "vaes", "vpclmulqdq", "avx512f",
-    "avx512dq", "avx512ifma", "avx512cd", "avx512bw", "avx512vl", "avx512vbmi", "avx512vbmi2", "avx512vnni", "avx512bitalg",
-    "avx512-vpopcntdq", "avx-vnni", "avx512-bf16", "xop", "fma4",
+    "xsave",
+    "xsaveopt",
+    "xsavec",
+    "xgetbv1",
+    "xsaves",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "pku",
+    "vaes",
+    "vpclmulqdq",
+    "avx512f",
+    "avx512dq",
+    "avx512ifma",
+    "avx512cd",
+    "avx512bw",
+    "avx512vl",
+    "avx512vbmi",
+    "avx512vbmi2",
+    "avx512vnni",
+    "avx512bitalg",
+    "avx512-vpopcntdq",
+    "avx-vnni",
+    "avx512-bf16",
+    "xop",
+    "fma4",
 ];
 
-pub fn qemu_args(m: &MachineSpec, agent_sock: &Path, console_log: &Path, datadir: Option<&Path>) -> Vec<String> {
+pub fn qemu_args(
+    m: &MachineSpec,
+    agent_sock: &Path,
+    console_log: &Path,
+    datadir: Option<&Path>,
+) -> Vec<String> {
     let mut cpu = String::from("host");
     if m.hide_xsave {
         for f in NO_XSAVE_FLAGS {
@@ -77,15 +106,24 @@ pub fn qemu_args(m: &MachineSpec, agent_sock: &Path, console_log: &Path, datadir
 }
 
 /// Boot `m` under QEMU once; returns the boot-to-agent time.
-pub fn boot_once(m: &MachineSpec, q: &QemuInstall, run_dir: &Path, timeout: Duration) -> Result<Duration, String> {
+pub fn boot_once(
+    m: &MachineSpec,
+    q: &QemuInstall,
+    run_dir: &Path,
+    timeout: Duration,
+) -> Result<Duration, String> {
     let sock = run_dir.join("qemu-agent.sock");
     let con = run_dir.join("qemu-console.log");
     let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(|e| format!("binding {}: {e}", sock.display()))?;
+    let listener =
+        UnixListener::bind(&sock).map_err(|e| format!("binding {}: {e}", sock.display()))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let mut cmd = Command::new(&q.binary);
-    cmd.args(qemu_args(m, &sock, &con, q.datadir.as_deref())).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(qemu_args(m, &sock, &con, q.datadir.as_deref()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     if let Some(l) = &q.libdir {
         cmd.env("LD_LIBRARY_PATH", l);
     }
@@ -96,7 +134,9 @@ pub fn boot_once(m: &MachineSpec, q: &QemuInstall, run_dir: &Path, timeout: Dura
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", q.binary.display()))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", q.binary.display()))?;
     let result = (|| {
         let deadline = start + timeout;
         let stream = loop {
@@ -122,7 +162,9 @@ pub fn boot_once(m: &MachineSpec, q: &QemuInstall, run_dir: &Path, timeout: Dura
         stream.set_nonblocking(false).map_err(|e| e.to_string())?;
         let mut agent = Agent::new(stream.try_clone().map_err(|e| e.to_string())?, stream);
         let left = deadline.saturating_duration_since(Instant::now());
-        agent.wait_ready(left).map_err(|e| format!("QEMU guest agent: {e}; console tail: {}", tail(&con)))?;
+        agent
+            .wait_ready(left)
+            .map_err(|e| format!("QEMU guest agent: {e}; console tail: {}", tail(&con)))?;
         let t = start.elapsed();
         let _ = agent.shutdown();
         Ok(t)

@@ -30,6 +30,13 @@ pub struct RunFailure {
     pub console_tail: Vec<String>,
 }
 
+/// Set by the CLI's SIGINT/SIGTERM handler: runners stop and tear down.
+pub static CANCEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn cancelled() -> bool {
+    CANCEL.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 fn step(sink: &dyn EventSink, t0: Instant, name: &str, detail: String) {
     sink.emit(Event::Step {
         name: name.into(),
@@ -107,6 +114,12 @@ pub fn boot(job: &Job, sink: Arc<dyn EventSink>, t0: Instant) -> Result<Booted, 
                 console_tail: machine.console_tail(),
             });
         }
+        if cancelled() {
+            return Err(RunFailure {
+                message: "interrupted".into(),
+                console_tail: machine.console_tail(),
+            });
+        }
         if Instant::now() > deadline {
             return Err(RunFailure {
                 message: format!(
@@ -179,7 +192,9 @@ pub fn run_local(job: &Job, sink: Arc<dyn EventSink>, engine: &str) -> Outcome {
     let t0 = Instant::now();
     let res = match &job.command {
         JobCommand::Boot => run_boot(job, sink.clone(), t0, engine),
-        JobCommand::BenchBoot { runs, qemu } => run_bench_boot(job, *runs, qemu, sink.clone(), t0, engine),
+        JobCommand::BenchBoot { runs, qemu } => {
+            run_bench_boot(job, *runs, qemu, sink.clone(), t0, engine)
+        }
     };
     match res {
         Ok(mut o) => {
@@ -270,14 +285,36 @@ fn run_bench_boot(
         let mut b = boot(job, sink.clone(), t0)?;
         ours.push(b.boot_to_agent.as_millis() as u64);
         power_off(&mut b);
-        step(&*sink, t0, "bench: netmem-lab VMM", format!("run {}/{runs}: {} ms to agent", i + 1, b.boot_to_agent.as_millis()));
+        step(
+            &*sink,
+            t0,
+            "bench: netmem-lab VMM",
+            format!(
+                "run {}/{runs}: {} ms to agent",
+                i + 1,
+                b.boot_to_agent.as_millis()
+            ),
+        );
     }
     let mut theirs = Vec::new();
     for i in 0..runs {
-        let t = crate::qemu::boot_once(&job.machine, qemu, &job.scratch_dir, Duration::from_secs(job.boot_timeout_s))
-            .map_err(|e| RunFailure { message: format!("QEMU baseline: {e}"), console_tail: vec![] })?;
+        let t = crate::qemu::boot_once(
+            &job.machine,
+            qemu,
+            &job.scratch_dir,
+            Duration::from_secs(job.boot_timeout_s),
+        )
+        .map_err(|e| RunFailure {
+            message: format!("QEMU baseline: {e}"),
+            console_tail: vec![],
+        })?;
         theirs.push(t.as_millis() as u64);
-        step(&*sink, t0, "bench: QEMU q35", format!("run {}/{runs}: {} ms to agent", i + 1, t.as_millis()));
+        step(
+            &*sink,
+            t0,
+            "bench: QEMU q35",
+            format!("run {}/{runs}: {} ms to agent", i + 1, t.as_millis()),
+        );
     }
     let (a, b) = (median(&ours), median(&theirs));
     let ratio = if b == 0 { 0.0 } else { a as f64 / b as f64 };

@@ -119,6 +119,7 @@ static CANCELLED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     CANCELLED.store(true, Ordering::SeqCst);
+    scenarios::run::CANCEL.store(true, Ordering::SeqCst);
 }
 
 /// Ctrl-C / SIGTERM: set a flag the runners poll; they tear everything down.
@@ -183,6 +184,7 @@ fn prepare(m: &MachineArgs, command: JobCommand, sink: &dyn EventSink) -> Result
         elapsed_ms: 0,
         detail: engine.to_string(),
     });
+    crate::rundir::sweep(&kernel::cache_dir().join("runs"));
     let k = kernel::resolve(&m.kernel, m.modules.as_deref(), &mut |p| {
         sink.emit(Event::Progress {
             what: "kernel".into(),
@@ -332,7 +334,11 @@ pub fn bench(what: BenchWhat) -> i32 {
         } => {
             let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(machine.console));
             let res = (|| -> Result<i32> {
-                let qemu = scenarios::qemu::QemuInstall { binary: QEMU.into(), datadir: None, libdir: None };
+                let qemu = scenarios::qemu::QemuInstall {
+                    binary: QEMU.into(),
+                    datadir: None,
+                    libdir: None,
+                };
                 let p = prepare(&machine, JobCommand::BenchBoot { runs, qemu }, &*sink)?;
                 let out = execute(&p, sink.clone())?;
                 write_json(&json, &out.report)?;
