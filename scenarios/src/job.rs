@@ -22,8 +22,11 @@ pub struct MachineSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum JobCommand {
-    /// Boot to the agent, say hello, power off.
-    Boot,
+    /// Boot to the agent, say hello, run `exec` (shell commands) if any, power off.
+    Boot {
+        #[serde(default)]
+        exec: Vec<String>,
+    },
     /// Boot `runs` times with our VMM and with QEMU; report boot-to-agent medians.
     BenchBoot {
         runs: u32,

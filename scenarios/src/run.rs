@@ -191,7 +191,7 @@ pub fn power_off(b: &mut Booted) -> ExitReason {
 pub fn run_local(job: &Job, sink: Arc<dyn EventSink>, engine: &str) -> Outcome {
     let t0 = Instant::now();
     let res = match &job.command {
-        JobCommand::Boot => run_boot(job, sink.clone(), t0, engine),
+        JobCommand::Boot { exec } => run_boot(job, exec, sink.clone(), t0, engine),
         JobCommand::BenchBoot { runs, qemu } => {
             run_bench_boot(job, *runs, qemu, sink.clone(), t0, engine)
         }
@@ -227,13 +227,14 @@ pub fn run_local(job: &Job, sink: Arc<dyn EventSink>, engine: &str) -> Outcome {
 
 fn command_name(c: &JobCommand) -> &'static str {
     match c {
-        JobCommand::Boot => "boot",
+        JobCommand::Boot { .. } => "boot",
         JobCommand::BenchBoot { .. } => "bench-boot",
     }
 }
 
 fn run_boot(
     job: &Job,
+    exec: &[String],
     sink: Arc<dyn EventSink>,
     t0: Instant,
     engine: &str,
@@ -249,11 +250,29 @@ fn run_boot(
         "agent hello",
         format!("{} ({} PCI functions)", hello.release, hello.pci.len()),
     );
+    let mut execs = Vec::new();
+    for cmd in exec {
+        let out = b
+            .agent
+            .run(&["/bin/sh", "-c", cmd.as_str()])
+            .map_err(|e| RunFailure {
+                message: format!("agent run {cmd:?}: {e}"),
+                console_tail: b.machine.console_tail(),
+            })?;
+        step(
+            &*sink,
+            t0,
+            "guest command",
+            format!("{cmd:?} exited {:?}", out.exit_code),
+        );
+        execs.push(json!({"command": cmd, "exit_code": out.exit_code, "stdout": out.stdout, "stderr": out.stderr}));
+    }
     let exit = power_off(&mut b);
     step(&*sink, t0, "VM ended", describe_exit(&exit));
     let clean = exit == ExitReason::PowerOff;
     let report = json!({
         "command": "boot",
+        "exec": execs,
         "kernel": {"spec": job.kernel_spec, "release": hello.release},
         "engine": engine,
         "verdict": if clean { "pass" } else { "error" },

@@ -69,6 +69,9 @@ pub struct BootArgs {
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Run a shell command in the guest after the hello (repeatable); its output is printed.
+    #[arg(long)]
+    pub exec: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,6 +304,17 @@ fn print_hello(report: &serde_json::Value) {
             );
         }
     }
+    if let Some(ex) = report["exec"].as_array() {
+        for e in ex {
+            println!(
+                "$ {}  (exit {})",
+                e["command"].as_str().unwrap_or(""),
+                e["exit_code"]
+            );
+            print!("{}", e["stdout"].as_str().unwrap_or(""));
+            eprint!("{}", e["stderr"].as_str().unwrap_or(""));
+        }
+    }
     if let Some(t) = report.get("timing_ms") {
         println!(
             "boot_to_agent {} ms, total {} ms",
@@ -313,7 +327,13 @@ pub fn boot(a: BootArgs) -> i32 {
     install_cancel_handlers();
     let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(a.machine.console));
     let res = (|| -> Result<i32> {
-        let p = prepare(&a.machine, JobCommand::Boot, &*sink)?;
+        let p = prepare(
+            &a.machine,
+            JobCommand::Boot {
+                exec: a.exec.clone(),
+            },
+            &*sink,
+        )?;
         let out = execute(&p, sink.clone())?;
         let mut report = out.report.clone();
         report["engine"] = serde_json::json!(p.engine.to_string());
