@@ -1,0 +1,316 @@
+//! Data-driven wire faults with a deterministic RNG, and their counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Which direction of a wire the faults apply to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultDirection {
+    #[default]
+    Both,
+    AToB,
+    BToA,
+}
+
+/// A scheduled link outage, relative to the moment the wire was connected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkWindow {
+    pub at_ms: u64,
+    pub duration_ms: u64,
+}
+
+/// Fault configuration of one wire. Probabilities are per eligible frame in
+/// `[0, 1]`; all randomness comes from `seed`, so a run is reproducible for
+/// a given frame sequence.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WireFaults {
+    pub seed: u64,
+    pub drop: f64,
+    pub corrupt: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+    /// Fixed extra latency for every frame.
+    pub delay_us: u64,
+    /// Extra uniform latency in `[0, jitter_us]` per frame.
+    pub jitter_us: u64,
+    /// How long a frame chosen for reordering is held back.
+    pub reorder_hold_us: u64,
+    pub direction: FaultDirection,
+    /// Frames passed untouched before faults start (e.g. to let a TCP
+    /// handshake through).
+    pub skip_first: u64,
+    /// Only frames at least this long are eligible.
+    pub min_len: usize,
+    /// Stop injecting after this many faults.
+    pub max_faults: Option<u64>,
+    /// Link outages.
+    pub link_down: Vec<LinkWindow>,
+}
+
+impl Default for WireFaults {
+    fn default() -> Self {
+        WireFaults {
+            seed: 0,
+            drop: 0.0,
+            corrupt: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            delay_us: 0,
+            jitter_us: 0,
+            reorder_hold_us: 1000,
+            direction: FaultDirection::Both,
+            skip_first: 0,
+            min_len: 0,
+            max_faults: None,
+            link_down: Vec::new(),
+        }
+    }
+}
+
+impl WireFaults {
+    /// No fault at all.
+    pub fn none() -> Self {
+        WireFaults::default()
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.drop <= 0.0
+            && self.corrupt <= 0.0
+            && self.duplicate <= 0.0
+            && self.reorder <= 0.0
+            && self.delay_us == 0
+            && self.jitter_us == 0
+            && self.link_down.is_empty()
+    }
+
+    pub(crate) fn applies(&self, a_to_b: bool) -> bool {
+        match self.direction {
+            FaultDirection::Both => true,
+            FaultDirection::AToB => a_to_b,
+            FaultDirection::BToA => !a_to_b,
+        }
+    }
+}
+
+/// What the wire injected (snapshot).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FaultCounters {
+    /// Frames handed to the wire.
+    pub frames: u64,
+    /// Frames placed in a receiver's queue (duplicates count twice).
+    pub delivered: u64,
+    pub dropped: u64,
+    pub corrupted: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub delayed: u64,
+    /// Frames lost because the link was down.
+    pub link_down_drops: u64,
+    pub link_downs: u64,
+    pub link_ups: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct AtomicFaultCounters {
+    pub frames: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dropped: AtomicU64,
+    pub corrupted: AtomicU64,
+    pub duplicated: AtomicU64,
+    pub reordered: AtomicU64,
+    pub delayed: AtomicU64,
+    pub link_down_drops: AtomicU64,
+    pub link_downs: AtomicU64,
+    pub link_ups: AtomicU64,
+}
+
+impl AtomicFaultCounters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> FaultCounters {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        FaultCounters {
+            frames: l(&self.frames),
+            delivered: l(&self.delivered),
+            dropped: l(&self.dropped),
+            corrupted: l(&self.corrupted),
+            duplicated: l(&self.duplicated),
+            reordered: l(&self.reordered),
+            delayed: l(&self.delayed),
+            link_down_drops: l(&self.link_down_drops),
+            link_downs: l(&self.link_downs),
+            link_ups: l(&self.link_ups),
+        }
+    }
+}
+
+/// SplitMix64: small, fast, deterministic.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [0, n) (0 when n == 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+}
+
+/// Per-direction fault state.
+pub(crate) struct FaultState {
+    cfg: WireFaults,
+    active: bool,
+    rng: SplitMix64,
+    seen: u64,
+    injected: u64,
+}
+
+impl FaultState {
+    pub fn new(cfg: &WireFaults, a_to_b: bool) -> Self {
+        let salt = if a_to_b { 0xa2b } else { 0xb2a };
+        FaultState {
+            active: cfg.applies(a_to_b),
+            rng: SplitMix64::new(cfg.seed ^ salt),
+            cfg: cfg.clone(),
+            seen: 0,
+            injected: 0,
+        }
+    }
+
+    fn roll(&mut self, p: f64) -> bool {
+        if p <= 0.0 {
+            return false;
+        }
+        if self.cfg.max_faults.is_some_and(|m| self.injected >= m) {
+            return false;
+        }
+        let hit = self.rng.next_f64() < p;
+        if hit {
+            self.injected += 1;
+        }
+        hit
+    }
+
+    /// Decide the fate of `frame`: the copies to deliver with their extra
+    /// latency (empty = dropped).
+    pub fn apply(&mut self, mut frame: Vec<u8>, c: &AtomicFaultCounters) -> Vec<(Vec<u8>, Duration)> {
+        self.seen += 1;
+        let eligible =
+            self.active && self.seen > self.cfg.skip_first && frame.len() >= self.cfg.min_len;
+        if !eligible {
+            return vec![(frame, Duration::ZERO)];
+        }
+        if self.roll(self.cfg.drop) {
+            AtomicFaultCounters::inc(&c.dropped);
+            return Vec::new();
+        }
+        if self.roll(self.cfg.corrupt) && !frame.is_empty() {
+            let lo = if frame.len() > 14 { 14 } else { 0 };
+            let i = lo + self.rng.below((frame.len() - lo) as u64) as usize;
+            let bit = self.rng.below(8) as u8;
+            if let Some(b) = frame.get_mut(i) {
+                *b ^= 1 << bit;
+            }
+            AtomicFaultCounters::inc(&c.corrupted);
+        }
+        let mut delay = Duration::from_micros(self.cfg.delay_us);
+        if self.cfg.jitter_us > 0 {
+            delay += Duration::from_micros(self.rng.below(self.cfg.jitter_us + 1));
+        }
+        if self.roll(self.cfg.reorder) {
+            delay += Duration::from_micros(self.cfg.reorder_hold_us.max(1));
+            AtomicFaultCounters::inc(&c.reordered);
+        }
+        if !delay.is_zero() {
+            AtomicFaultCounters::inc(&c.delayed);
+        }
+        if self.roll(self.cfg.duplicate) {
+            AtomicFaultCounters::inc(&c.duplicated);
+            return vec![(frame.clone(), delay), (frame, delay)];
+        }
+        vec![(frame, delay)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_counted() {
+        let cfg = WireFaults {
+            seed: 42,
+            drop: 0.1,
+            corrupt: 0.1,
+            duplicate: 0.1,
+            reorder: 0.1,
+            ..Default::default()
+        };
+        let run = || {
+            let c = AtomicFaultCounters::default();
+            let mut s = FaultState::new(&cfg, true);
+            let out: Vec<usize> = (0..1000)
+                .map(|i| s.apply(vec![i as u8; 64], &c).len())
+                .collect();
+            (out, c.snapshot())
+        };
+        let (a, ca) = run();
+        let (b, cb) = run();
+        assert_eq!(a, b);
+        assert_eq!(ca, cb);
+        assert!(ca.dropped > 50 && ca.dropped < 150, "{ca:?}");
+        assert!(ca.duplicated > 0 && ca.corrupted > 0 && ca.reordered > 0);
+        let total: usize = a.iter().sum();
+        assert_eq!(total as u64, 1000 - ca.dropped + ca.duplicated);
+    }
+
+    #[test]
+    fn direction_skip_and_budget() {
+        let cfg = WireFaults {
+            drop: 1.0,
+            direction: FaultDirection::AToB,
+            skip_first: 3,
+            max_faults: Some(2),
+            ..Default::default()
+        };
+        let c = AtomicFaultCounters::default();
+        let mut ba = FaultState::new(&cfg, false);
+        assert_eq!(ba.apply(vec![0; 10], &c).len(), 1);
+        let mut ab = FaultState::new(&cfg, true);
+        let kept: Vec<usize> = (0..8).map(|_| ab.apply(vec![0; 10], &c).len()).collect();
+        assert_eq!(kept, vec![1, 1, 1, 0, 0, 1, 1, 1]);
+    }
+
+    #[test]
+    fn faults_parse_from_toml() {
+        let f: WireFaults = toml::from_str(
+            "seed = 7\ndrop = 0.01\ndirection = \"a-to-b\"\n[[link_down]]\nat_ms = 100\nduration_ms = 50\n",
+        )
+        .unwrap();
+        assert_eq!(f.seed, 7);
+        assert_eq!(f.direction, FaultDirection::AToB);
+        assert_eq!(f.link_down, vec![LinkWindow { at_ms: 100, duration_ms: 50 }]);
+        assert!(toml::from_str::<WireFaults>("bogus = 1").is_err());
+    }
+}
