@@ -252,3 +252,42 @@ fn ctrl_c_mid_boot_leaves_nothing() {
 fn sigkill_mid_boot_leaves_nothing() {
     kill_mid_boot(libc::SIGKILL);
 }
+
+#[test]
+fn guest_panic_is_reported_with_console_tail() {
+    let _g = serial();
+    // No init in the initramfs at that path: the kernel panics after mounting it.
+    let out = run(&[
+        "boot",
+        "--append",
+        "rdinit=/no-such-init init=/no-such-init",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("guest kernel panicked"), "{err}");
+    assert!(
+        err.contains("--- last ") && err.contains("console lines ---"),
+        "the console tail is printed: {err}"
+    );
+    assert!(err.contains("Kernel panic - not syncing"), "{err}");
+}
+
+#[test]
+fn watchdog_kills_a_guest_that_never_answers() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("w.json");
+    let out = run(&[
+        "boot",
+        "--boot-timeout",
+        "1",
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("watchdog"), "{err}");
+    let r = json(&report);
+    assert_eq!(r["verdict"], "error");
+    assert!(r["error"].as_str().unwrap().contains("watchdog"));
+}
