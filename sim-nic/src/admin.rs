@@ -42,7 +42,9 @@ impl Dev<'_> {
         }
         for i in 0..n {
             let count = self.st.event_counter.wrapping_add(i);
-            let slot = aq.base.wrapping_add(u64::from(count & (aq.slots - 1)) * ADMINQ_CMD_SIZE);
+            let slot = aq
+                .base
+                .wrapping_add(u64::from(count & (aq.slots - 1)) * ADMINQ_CMD_SIZE);
             let mut raw = [0u8; 64];
             if !self.dma_read(slot, &mut raw, "aq") {
                 continue;
@@ -132,7 +134,8 @@ impl Dev<'_> {
                 if self.st.res.is_none() {
                     return Status::FAILED_PRECONDITION;
                 }
-                if self.st.tx.iter().any(Option::is_some) || self.st.rx.iter().any(Option::is_some) {
+                if self.st.tx.iter().any(Option::is_some) || self.st.rx.iter().any(Option::is_some)
+                {
                     return Status::FAILED_PRECONDITION;
                 }
                 self.st.res = None;
@@ -152,26 +155,22 @@ impl Dev<'_> {
             }
             Command::CreateTxQueue(c) => self.create_tx(c),
             Command::CreateRxQueue(c) => self.create_rx(c),
-            Command::DestroyTxQueue { queue_id } => {
-                match self.st.tx.get_mut(queue_id as usize) {
-                    None => Status::INVALID_ARGUMENT,
-                    Some(q) if q.is_none() => Status::NOT_FOUND,
-                    Some(q) => {
-                        *q = None;
-                        Status::PASSED
-                    }
+            Command::DestroyTxQueue { queue_id } => match self.st.tx.get_mut(queue_id as usize) {
+                None => Status::INVALID_ARGUMENT,
+                Some(q) if q.is_none() => Status::NOT_FOUND,
+                Some(q) => {
+                    *q = None;
+                    Status::PASSED
                 }
-            }
-            Command::DestroyRxQueue { queue_id } => {
-                match self.st.rx.get_mut(queue_id as usize) {
-                    None => Status::INVALID_ARGUMENT,
-                    Some(q) if q.is_none() => Status::NOT_FOUND,
-                    Some(q) => {
-                        *q = None;
-                        Status::PASSED
-                    }
+            },
+            Command::DestroyRxQueue { queue_id } => match self.st.rx.get_mut(queue_id as usize) {
+                None => Status::INVALID_ARGUMENT,
+                Some(q) if q.is_none() => Status::NOT_FOUND,
+                Some(q) => {
+                    *q = None;
+                    Status::PASSED
                 }
-            }
+            },
             Command::ConfigureRss(c) => self.configure_rss(c),
             Command::QueryRss {
                 available_length,
@@ -206,7 +205,9 @@ impl Dev<'_> {
                 if self.sh.cfg.max_flow_rules == 0 {
                     return Status::UNIMPLEMENTED;
                 }
-                if (inner_length as usize) < FLOW_RULE_CMD_LEN || u64::from(inner_length) > MAX_ANSWER {
+                if (inner_length as usize) < FLOW_RULE_CMD_LEN
+                    || u64::from(inner_length) > MAX_ANSWER
+                {
                     return Status::INVALID_ARGUMENT;
                 }
                 let mut b = [0u8; FLOW_RULE_CMD_LEN];
@@ -386,9 +387,7 @@ impl Dev<'_> {
                 if c.location >= max {
                     return Status::OUT_OF_RANGE;
                 }
-                if c.rule.flow_type > FLOW_TYPE_MAX
-                    || c.rule.action >= self.sh.cfg.num_queues
-                {
+                if c.rule.flow_type > FLOW_TYPE_MAX || c.rule.action >= self.sh.cfg.num_queues {
                     return Status::INVALID_ARGUMENT;
                 }
                 if self.st.flows.rules.contains_key(&c.location) {

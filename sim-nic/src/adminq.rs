@@ -286,23 +286,48 @@ pub enum Command {
     UnregisterPageList,
     CreateTxQueue(CreateTxQueue),
     CreateRxQueue(CreateRxQueue),
-    DestroyTxQueue { queue_id: u32 },
-    DestroyRxQueue { queue_id: u32 },
+    DestroyTxQueue {
+        queue_id: u32,
+    },
+    DestroyRxQueue {
+        queue_id: u32,
+    },
     DeconfigureDeviceResources,
     ConfigureRss(ConfigureRss),
-    SetDriverParameter { parameter_type: u32, value: u64 },
-    ReportStats { len: u64, addr: u64, interval: u64 },
-    ReportLinkSpeed { addr: u64 },
-    GetPtypeMap { len: u64, addr: u64 },
-    VerifyDriverCompatibility { len: u64, addr: u64 },
+    SetDriverParameter {
+        parameter_type: u32,
+        value: u64,
+    },
+    ReportStats {
+        len: u64,
+        addr: u64,
+        interval: u64,
+    },
+    ReportLinkSpeed {
+        addr: u64,
+    },
+    GetPtypeMap {
+        len: u64,
+        addr: u64,
+    },
+    VerifyDriverCompatibility {
+        len: u64,
+        addr: u64,
+    },
     QueryFlowRules {
         opcode: u16,
         starting_rule_id: u32,
         available_length: u64,
         addr: u64,
     },
-    ReportNicTimestamp { len: u64, addr: u64 },
-    QueryRss { available_length: u64, addr: u64 },
+    ReportNicTimestamp {
+        len: u64,
+        addr: u64,
+    },
+    QueryRss {
+        available_length: u64,
+        addr: u64,
+    },
     Extended {
         inner_opcode: u32,
         inner_length: u32,

@@ -280,7 +280,10 @@ mod tests {
             tso: true,
         };
         assert_eq!(TxDesc::parse(&t.encode()), t);
-        assert_eq!(TxDesc::parse(&TxDesc::GeneralCtx.encode()), TxDesc::GeneralCtx);
+        assert_eq!(
+            TxDesc::parse(&TxDesc::GeneralCtx.encode()),
+            TxDesc::GeneralCtx
+        );
     }
 
     #[test]
@@ -290,7 +293,10 @@ mod tests {
         assert_eq!(b[1], (2 << 3) | 0x80 | 1);
         assert_eq!(b[0], 5);
         let c = parse_tx_compl(&b);
-        assert_eq!((c.id, c.ctype, c.generation, c.value), (0x105, 2, true, 0xbeef));
+        assert_eq!(
+            (c.id, c.ctype, c.generation, c.value),
+            (0x105, 2, true, 0xbeef)
+        );
     }
 
     #[test]

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use vmm::device::MsiSink;
 use vmm::dma::{Dma, DmaTag};
+use vmm::pci::PciDevice;
 use vmm::pci::configuration::{BarKind, PciConfiguration, PciHeader};
 use vmm::pci::msix::{MSIX_CTRL_ENABLE, MSIX_CTRL_FUNCTION_MASK, MsixConfig};
-use vmm::pci::PciDevice;
 
 use crate::adminq::{
     DeviceDescription, SUP_BUFFER_SIZES_MASK, SUP_FLOW_STEERING_MASK, SUP_JUMBO_FRAMES_MASK,
@@ -124,11 +124,13 @@ impl GveConfig {
     }
 
     pub fn min_ring(&self) -> u16 {
-        self.ring_size_range.map_or(self.tx_ring_size.min(self.rx_ring_size), |r| r.0)
+        self.ring_size_range
+            .map_or(self.tx_ring_size.min(self.rx_ring_size), |r| r.0)
     }
 
     pub fn max_ring(&self) -> u16 {
-        self.ring_size_range.map_or(self.tx_ring_size.max(self.rx_ring_size), |r| r.1)
+        self.ring_size_range
+            .map_or(self.tx_ring_size.max(self.rx_ring_size), |r| r.1)
     }
 
     /// Largest MTU the device carries.
@@ -144,9 +146,15 @@ impl GveConfig {
     fn validate(&self) -> Result<(), GveError> {
         let bad = |m: String| Err(GveError::Config(m));
         if self.num_queues == 0 || self.num_queues > MAX_QUEUES {
-            return bad(format!("num_queues {} not in 1..={MAX_QUEUES}", self.num_queues));
+            return bad(format!(
+                "num_queues {} not in 1..={MAX_QUEUES}",
+                self.num_queues
+            ));
         }
-        for (n, v) in [("tx_ring_size", self.tx_ring_size), ("rx_ring_size", self.rx_ring_size)] {
+        for (n, v) in [
+            ("tx_ring_size", self.tx_ring_size),
+            ("rx_ring_size", self.rx_ring_size),
+        ] {
             if v < 64 || !v.is_power_of_two() || v > 4096 {
                 return bad(format!("{n} {v} must be a power of two in 64..=4096"));
             }
@@ -157,13 +165,23 @@ impl GveConfig {
             return bad(format!("ring_size_range ({lo}, {hi}) invalid"));
         }
         if self.mtu < 68 || self.max_mtu() > 9216 {
-            return bad(format!("mtu {} / max {} out of range", self.mtu, self.max_mtu()));
+            return bad(format!(
+                "mtu {} / max {} out of range",
+                self.mtu,
+                self.max_mtu()
+            ));
         }
         if !matches!(self.packet_buffer_size, 2048 | 4096) {
-            return bad(format!("packet_buffer_size {} not 2048/4096", self.packet_buffer_size));
+            return bad(format!(
+                "packet_buffer_size {} not 2048/4096",
+                self.packet_buffer_size
+            ));
         }
         if self.header_buffer_size != 0 && !(64..=1023).contains(&self.header_buffer_size) {
-            return bad(format!("header_buffer_size {} not 0 or 64..=1023", self.header_buffer_size));
+            return bad(format!(
+                "header_buffer_size {} not 0 or 64..=1023",
+                self.header_buffer_size
+            ));
         }
         Ok(())
     }
@@ -197,10 +215,9 @@ impl GveConfig {
             max_flow_rules: self.max_flow_rules,
             jumbo_max_mtu: self.jumbo_max_mtu,
             modify_ring: self.ring_size_range.map(|(lo, hi)| (hi, hi, lo, lo)),
-            rss_config: self.rss_config_option.then_some((
-                crate::adminq::RSS_KEY_SIZE,
-                crate::adminq::RSS_LUT_SIZE,
-            )),
+            rss_config: self
+                .rss_config_option
+                .then_some((crate::adminq::RSS_KEY_SIZE, crate::adminq::RSS_LUT_SIZE)),
         }
     }
 
@@ -321,7 +338,10 @@ impl Dev<'_> {
             return true;
         }
         if !self.sh.bus_master.load(Ordering::SeqCst) {
-            self.refuse(RefusalKind::BusMaster, format!("{tag} read {iova:#x} without bus master"));
+            self.refuse(
+                RefusalKind::BusMaster,
+                format!("{tag} read {iova:#x} without bus master"),
+            );
             return false;
         }
         match self.sh.dma.read(iova, buf, tag) {
@@ -339,7 +359,10 @@ impl Dev<'_> {
             return true;
         }
         if !self.sh.bus_master.load(Ordering::SeqCst) {
-            self.refuse(RefusalKind::BusMaster, format!("{tag} write {iova:#x} without bus master"));
+            self.refuse(
+                RefusalKind::BusMaster,
+                format!("{tag} write {iova:#x} without bus master"),
+            );
             return false;
         }
         match self.sh.dma.write(iova, data, tag) {
@@ -361,7 +384,11 @@ impl Dev<'_> {
     /// (gve_adminq.c comment above `gve_adminq_configure_device_resources`).
     fn mgmt_vector(&self) -> Option<u16> {
         let res = self.st.res?;
-        let v = if res.msix_base_idx == 0 { res.num_irq_dbs } else { 0 };
+        let v = if res.msix_base_idx == 0 {
+            res.num_irq_dbs
+        } else {
+            0
+        };
         u16::try_from(v).ok()
     }
 
@@ -540,14 +567,17 @@ impl Dev<'_> {
             REG_ADMINQ_DOORBELL => self.aq_doorbell(v),
             _ => self.refuse(
                 RefusalKind::Register,
-                format!("BAR0 write {v:#x} to {off:#x} (revision {})", self.sh.cfg.revision),
+                format!(
+                    "BAR0 write {v:#x} to {off:#x} (revision {})",
+                    self.sh.cfg.revision
+                ),
             ),
         }
     }
 
     /// BAR2 doorbell write (little-endian 32-bit, gve_dqo.h `iowrite32`).
     pub fn bar2_write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() != 4 || offset % 4 != 0 || offset >= DOORBELL_BAR_SIZE {
+        if data.len() != 4 || !offset.is_multiple_of(4) || offset >= DOORBELL_BAR_SIZE {
             self.refuse(
                 RefusalKind::Doorbell,
                 format!("BAR2 write of {} bytes at {offset:#x}", data.len()),
@@ -602,11 +632,17 @@ impl Dev<'_> {
             }
             Some(t) => {
                 let n = t.size;
-                self.refuse(RefusalKind::Doorbell, format!("TX{q} doorbell {v} >= ring size {n}"));
+                self.refuse(
+                    RefusalKind::Doorbell,
+                    format!("TX{q} doorbell {v} >= ring size {n}"),
+                );
                 false
             }
             None => {
-                self.refuse(RefusalKind::Doorbell, format!("TX{q} doorbell {v}: no such queue"));
+                self.refuse(
+                    RefusalKind::Doorbell,
+                    format!("TX{q} doorbell {v}: no such queue"),
+                );
                 false
             }
         };
@@ -623,11 +659,17 @@ impl Dev<'_> {
             }
             Some(r) => {
                 let n = r.buf_size;
-                self.refuse(RefusalKind::Doorbell, format!("RX{q} doorbell {v} >= ring size {n}"));
+                self.refuse(
+                    RefusalKind::Doorbell,
+                    format!("RX{q} doorbell {v} >= ring size {n}"),
+                );
                 false
             }
             None => {
-                self.refuse(RefusalKind::Doorbell, format!("RX{q} doorbell {v}: no such queue"));
+                self.refuse(
+                    RefusalKind::Doorbell,
+                    format!("RX{q} doorbell {v}: no such queue"),
+                );
                 false
             }
         };
@@ -674,7 +716,9 @@ fn worker_loop(sh: Arc<Shared>) {
         if more {
             continue;
         }
-        sh.port.owner.wait(Some(wake.unwrap_or(Duration::from_millis(100))));
+        sh.port
+            .owner
+            .wait(Some(wake.unwrap_or(Duration::from_millis(100))));
     }
 }
 
@@ -697,7 +741,12 @@ impl NicHandle {
 
     /// The most recent refusals (at most `stats::REFUSAL_LOG_LEN`).
     pub fn refusals(&self) -> Vec<Refusal> {
-        lock(&self.sh.state).refusals.recent.iter().cloned().collect()
+        lock(&self.sh.state)
+            .refusals
+            .recent
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Total refusals by kind.
@@ -732,7 +781,7 @@ impl NicHandle {
     /// change through device_status and the management interrupt.
     pub fn set_link(&self, up: bool) {
         self.sh.with(|d| {
-            if d.st.link_forced_down != !up {
+            if d.st.link_forced_down == up {
                 d.st.link_forced_down = !up;
                 d.notify_mgmt();
             }
@@ -912,10 +961,8 @@ impl PciDevice for GveDevice {
         let sh = &self.handle.sh;
         match bar {
             REGISTER_BAR => sh.with(|d| d.bar0_write(offset, data)),
-            MSIX_BAR => {
-                if offset < MSIX_PBA_OFFSET {
-                    lock(&sh.msix).write_table(offset - MSIX_TABLE_OFFSET, data);
-                }
+            MSIX_BAR if offset < MSIX_PBA_OFFSET => {
+                lock(&sh.msix).write_table(offset - MSIX_TABLE_OFFSET, data);
             }
             DOORBELL_BAR => sh.with(|d| d.bar2_write(offset, data)),
             _ => {}

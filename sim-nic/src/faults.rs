@@ -214,7 +214,11 @@ impl FaultState {
 
     /// Decide the fate of `frame`: the copies to deliver with their extra
     /// latency (empty = dropped).
-    pub fn apply(&mut self, mut frame: Vec<u8>, c: &AtomicFaultCounters) -> Vec<(Vec<u8>, Duration)> {
+    pub fn apply(
+        &mut self,
+        mut frame: Vec<u8>,
+        c: &AtomicFaultCounters,
+    ) -> Vec<(Vec<u8>, Duration)> {
         self.seen += 1;
         let eligible =
             self.active && self.seen > self.cfg.skip_first && frame.len() >= self.cfg.min_len;
@@ -310,7 +314,13 @@ mod tests {
         .unwrap();
         assert_eq!(f.seed, 7);
         assert_eq!(f.direction, FaultDirection::AToB);
-        assert_eq!(f.link_down, vec![LinkWindow { at_ms: 100, duration_ms: 50 }]);
+        assert_eq!(
+            f.link_down,
+            vec![LinkWindow {
+                at_ms: 100,
+                duration_ms: 50
+            }]
+        );
         assert!(toml::from_str::<WireFaults>("bogus = 1").is_err());
     }
 }

@@ -139,11 +139,7 @@ pub fn parse(f: &[u8]) -> Parsed {
             }
             let frag = be16(f, off + 6).unwrap_or(0);
             let fragment = frag & 0x3fff != 0; // MF or offset
-            p.l3 = L3::Ipv4 {
-                off,
-                ihl,
-                fragment,
-            };
+            p.l3 = L3::Ipv4 { off, ihl, fragment };
             if fragment {
                 // Only the first fragment carries the L4 header; treat all
                 // fragments as "L4 unknown" (hash and checksum are L3 only).
@@ -280,11 +276,7 @@ fn l4_proto_and_field(p: &Parsed) -> Option<(u8, usize, usize)> {
     match p.l4 {
         L4::Tcp { off, .. } => Some((IPPROTO_TCP, off, off + 16)),
         L4::Udp { off } => Some((IPPROTO_UDP, off, off + 6)),
-        L4::Icmp { off } => Some((
-            if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP },
-            off,
-            off + 2,
-        )),
+        L4::Icmp { off } => Some((if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP }, off, off + 2)),
         _ => None,
     }
 }
@@ -378,10 +370,7 @@ pub fn verify_checksums(f: &[u8], p: &Parsed) -> RxCsum {
     r.l3_l4_processed = true;
     r.ip_err = ip_err;
     // IPv4 UDP with checksum 0: no checksum.
-    if proto == IPPROTO_UDP
-        && matches!(p.l3, L3::Ipv4 { .. })
-        && be16(f, l4off + 6) == Some(0)
-    {
+    if proto == IPPROTO_UDP && matches!(p.l3, L3::Ipv4 { .. }) && be16(f, l4off + 6) == Some(0) {
         return r;
     }
     let acc = if proto == IPPROTO_ICMP {
@@ -678,7 +667,7 @@ mod tests {
         let c = verify_checksums(&f, &p);
         assert!(c.l3_l4_processed && !c.ip_err && !c.l4_err);
         let mut bad = f.clone();
-        bad[60] ^= 1;
+        bad[56] ^= 1;
         let c = verify_checksums(&bad, &parse(&bad));
         assert!(c.l4_err && !c.ip_err);
         let mut bad = f.clone();
@@ -720,7 +709,17 @@ mod tests {
     #[test]
     fn tso_segments_like_gso() {
         let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let mut pkt = build::tcp4(A, B, [10, 0, 0, 1], [10, 0, 0, 2], 1000, 2000, 5, 0x19 | 0x80, &payload);
+        let mut pkt = build::tcp4(
+            A,
+            B,
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+            1000,
+            2000,
+            5,
+            0x19 | 0x80,
+            &payload,
+        );
         // The driver leaves a pseudo-header seed in the checksum field; garble it.
         pkt[50] = 0x12;
         let segs = tso_segment(&pkt, 54, 1448, payload.len() as u32).unwrap();
@@ -732,7 +731,10 @@ mod tests {
             assert!(c.l3_l4_processed && !c.ip_err && !c.l4_err, "seg {i}");
             assert_eq!(u16::from_be_bytes([s[16], s[17]]) as usize, s.len() - 14);
             assert_eq!(u16::from_be_bytes([s[18], s[19]]), 0x1234 + i as u16);
-            assert_eq!(u32::from_be_bytes(s[38..42].try_into().unwrap()), 5 + 1448 * i as u32);
+            assert_eq!(
+                u32::from_be_bytes(s[38..42].try_into().unwrap()),
+                5 + 1448 * i as u32
+            );
             let flags = s[47];
             assert_eq!(flags & TCP_FIN != 0, i == 6);
             assert_eq!(flags & TCP_PSH != 0, i == 6);

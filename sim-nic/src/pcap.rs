@@ -93,7 +93,10 @@ pub enum PcapError {
 
 /// Parse a classic little-endian pcap (used by tests and the report).
 pub fn read_pcap(b: &[u8]) -> Result<Vec<PcapRecord>, PcapError> {
-    let u32le = |o: usize| b.get(o..o + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+    let u32le = |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
     let magic = u32le(0).ok_or(PcapError::Short)?;
     if magic != PCAP_MAGIC {
         return Err(PcapError::Magic(magic));
@@ -134,14 +137,20 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut w = PcapWriter::new(Vec::new()).unwrap();
-        w.write_packet(UNIX_EPOCH + std::time::Duration::from_micros(1_500_001), &[1, 2, 3])
-            .unwrap();
+        w.write_packet(
+            UNIX_EPOCH + std::time::Duration::from_micros(1_500_001),
+            &[1, 2, 3],
+        )
+        .unwrap();
         w.write_packet(SystemTime::now(), &[9; 60]).unwrap();
         let b = w.into_inner();
         assert_eq!(&b[0..4], &[0xd4, 0xc3, 0xb2, 0xa1]);
         let r = read_pcap(&b).unwrap();
         assert_eq!(r.len(), 2);
-        assert_eq!((r[0].ts_sec, r[0].ts_usec, r[0].data.clone()), (1, 500_001, vec![1, 2, 3]));
+        assert_eq!(
+            (r[0].ts_sec, r[0].ts_usec, r[0].data.clone()),
+            (1, 500_001, vec![1, 2, 3])
+        );
         assert_eq!(r[1].orig_len, 60);
         assert!(read_pcap(&b[..b.len() - 1]).is_err());
         assert!(read_pcap(&b[..10]).is_err());

@@ -126,9 +126,15 @@ pub fn rule_matches(rule: &FlowRule, k: &FlowKey) -> bool {
         return false;
     }
     let alen = if k.v6 { 16 } else { 4 };
-    masked_eq(&k.src[..alen], &rule.key.src_ip[..alen], &rule.mask.src_ip[..alen])
-        && masked_eq(&k.dst[..alen], &rule.key.dst_ip[..alen], &rule.mask.dst_ip[..alen])
-        && masked_eq(&k.ports, &rule.key.ports, &rule.mask.ports)
+    masked_eq(
+        &k.src[..alen],
+        &rule.key.src_ip[..alen],
+        &rule.mask.src_ip[..alen],
+    ) && masked_eq(
+        &k.dst[..alen],
+        &rule.key.dst_ip[..alen],
+        &rule.mask.dst_ip[..alen],
+    ) && masked_eq(&k.ports, &rule.key.ports, &rule.mask.ports)
         && (k.tos & rule.mask.tos) == (rule.key.tos & rule.mask.tos)
 }
 
@@ -162,8 +168,12 @@ mod tests {
         input.extend_from_slice(&1766u16.to_be_bytes());
         assert_eq!(toeplitz(&DEFAULT_RSS_KEY, &input), 0x51cc_c178);
         // IPv6: 3ffe:2501:200:1fff::7 → 3ffe:2501:200:3::1, 2794 → 1766
-        let src = [0x3f, 0xfe, 0x25, 0x01, 0x02, 0x00, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 7];
-        let dst = [0x3f, 0xfe, 0x25, 0x01, 0x02, 0x00, 0x00, 0x03, 0, 0, 0, 0, 0, 0, 0, 1];
+        let src = [
+            0x3f, 0xfe, 0x25, 0x01, 0x02, 0x00, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 7,
+        ];
+        let dst = [
+            0x3f, 0xfe, 0x25, 0x01, 0x02, 0x00, 0x00, 0x03, 0, 0, 0, 0, 0, 0, 0, 1,
+        ];
         let mut input = src.to_vec();
         input.extend_from_slice(&dst);
         input.extend_from_slice(&2794u16.to_be_bytes());

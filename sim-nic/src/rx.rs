@@ -62,7 +62,8 @@ impl RxQueue {
     }
 
     fn available(&self) -> usize {
-        self.cache.len() + (self.buf_tail.wrapping_sub(self.buf_head) & (self.buf_size - 1)) as usize
+        self.cache.len()
+            + (self.buf_tail.wrapping_sub(self.buf_head) & (self.buf_size - 1)) as usize
     }
 }
 
@@ -160,9 +161,12 @@ impl Dev<'_> {
             return true;
         }
         let p = parse(&frame);
-        let (q, _) = self.select_queue(&frame, &p);
+        let q = self.select_queue(&frame, &p);
         let cap = self.sh.cfg.rx_pending_frames;
-        match q.and_then(|q| self.st.rx.get_mut(q)).and_then(Option::as_mut) {
+        match q
+            .and_then(|q| self.st.rx.get_mut(q))
+            .and_then(Option::as_mut)
+        {
             Some(r) if r.pending.len() >= cap => {
                 self.sh.port.unpop(frame, now);
                 false
@@ -179,11 +183,11 @@ impl Dev<'_> {
     }
 
     /// Flow rules first (lowest location; rules to absent queues fall
-    /// through), then RSS. Returns the queue and the RSS hash.
-    fn select_queue(&mut self, frame: &[u8], p: &Parsed) -> (Option<usize>, u32) {
+    /// through), then RSS.
+    fn select_queue(&mut self, frame: &[u8], p: &Parsed) -> Option<usize> {
         let Some(k) = flow_key(frame, p) else {
             let q = self.st.rss.queue_for(0) as usize;
-            return (self.rx_exists(q).then_some(q), 0);
+            return self.rx_exists(q).then_some(q);
         };
         let hash = self.st.rss.hash(&k);
         let rx = &self.st.rx;
@@ -193,10 +197,10 @@ impl Dev<'_> {
             .lookup(&k, |q| rx.get(q as usize).is_some_and(Option::is_some))
         {
             Counters::inc(&self.sh.counters.rx_flow_steered);
-            return (Some(q as usize), hash.unwrap_or(0));
+            return Some(q as usize);
         }
         let q = self.st.rss.queue_for(hash.unwrap_or(0)) as usize;
-        (self.rx_exists(q).then_some(q), hash.unwrap_or(0))
+        self.rx_exists(q).then_some(q)
     }
 
     fn rx_exists(&self, q: usize) -> bool {
@@ -210,9 +214,7 @@ impl Dev<'_> {
         let mut wrote = false;
         let mut wake = None;
         loop {
-            let Some(r) = self.st.rx.get_mut(q).and_then(Option::as_mut) else {
-                return None;
-            };
+            let r = self.st.rx.get_mut(q).and_then(Option::as_mut)?;
             if r.broken {
                 let n = r.pending.len() as u64;
                 r.pending.clear();
@@ -261,7 +263,9 @@ impl Dev<'_> {
                 return false;
             }
             let n = visible.min(FETCH_WINDOW).min(r.buf_size - r.buf_head);
-            let at = r.buf_ring.wrapping_add(u64::from(r.buf_head) * RX_BUF_DESC_SIZE);
+            let at = r
+                .buf_ring
+                .wrapping_add(u64::from(r.buf_head) * RX_BUF_DESC_SIZE);
             let mut raw = vec![0u8; (n * RX_BUF_DESC_SIZE as u32) as usize];
             if !self.dma_read(at, &mut raw, "rx-desc") {
                 self.break_rx(q, "buffer queue read faulted");
@@ -270,8 +274,10 @@ impl Dev<'_> {
             let Some(Some(r)) = self.st.rx.get_mut(q) else {
                 return false;
             };
-            r.cache
-                .extend(raw.chunks_exact(RX_BUF_DESC_SIZE as usize).map(RxBufDesc::parse));
+            r.cache.extend(
+                raw.chunks_exact(RX_BUF_DESC_SIZE as usize)
+                    .map(RxBufDesc::parse),
+            );
             r.buf_head = (r.buf_head + n) & mask;
         }
     }
@@ -294,7 +300,9 @@ impl Dev<'_> {
             Counters::inc(&c.rx_bad_checksum);
             return Deliver::Dropped;
         }
-        let (_, hash) = self.select_queue(frame, &p);
+        let hash = flow_key(frame, &p)
+            .and_then(|k| self.st.rss.hash(&k))
+            .unwrap_or(0);
         let Some(r) = self.st.rx.get(q).and_then(Option::as_ref) else {
             return Deliver::Dropped;
         };
@@ -310,7 +318,13 @@ impl Dev<'_> {
             return Deliver::NeedBuffers;
         }
         if !self.rx_fetch(q, nbufs) {
-            return if self.st.rx.get(q).and_then(Option::as_ref).is_some_and(|r| r.broken) {
+            return if self
+                .st
+                .rx
+                .get(q)
+                .and_then(Option::as_ref)
+                .is_some_and(|r| r.broken)
+            {
                 Deliver::Dropped
             } else {
                 Deliver::NeedBuffers
@@ -356,7 +370,12 @@ impl Dev<'_> {
                     Split::None => {}
                 }
             }
-            let buf_size = self.st.rx.get(q).and_then(Option::as_ref).map_or(0, |r| r.buf_size);
+            let buf_size = self
+                .st
+                .rx
+                .get(q)
+                .and_then(Option::as_ref)
+                .map_or(0, |r| r.buf_size);
             let mut error = None;
             if u32::from(desc.buf_id) >= buf_size {
                 error = Some(format!("buffer id {} >= ring size {buf_size}", desc.buf_id));
@@ -404,7 +423,9 @@ impl Dev<'_> {
         let Some(r) = self.st.rx.get(q).and_then(Option::as_ref) else {
             return false;
         };
-        let at = r.comp_ring.wrapping_add(u64::from(r.comp_tail) * RX_COMPL_SIZE);
+        let at = r
+            .comp_ring
+            .wrapping_add(u64::from(r.comp_tail) * RX_COMPL_SIZE);
         cpl.generation = !r.gen_bit;
         let stale = cpl.encode();
         cpl.generation = r.gen_bit;

@@ -273,7 +273,10 @@ impl Dev<'_> {
                     }
                     Err(e) => {
                         Counters::inc(&self.sh.counters.tx_bad_packets);
-                        self.refuse(RefusalKind::TxDescriptor, format!("TX{q}: TSO refused: {e}"));
+                        self.refuse(
+                            RefusalKind::TxDescriptor,
+                            format!("TX{q}: TSO refused: {e}"),
+                        );
                         return;
                     }
                 }
@@ -301,7 +304,8 @@ impl Dev<'_> {
         // content (it tests the bit, then dma_rmb()).
         let stale = encode_tx_compl(id, ctype, !gen_, value);
         let fresh = encode_tx_compl(id, ctype, gen_, value);
-        if !self.dma_write(at, &stale, "completion") || !self.dma_write(at, &fresh[0..2], "completion")
+        if !self.dma_write(at, &stale, "completion")
+            || !self.dma_write(at, &fresh[0..2], "completion")
         {
             self.break_tx(q, "completion ring write faulted");
             return None;
@@ -336,7 +340,10 @@ fn scan_packet(descs: &[TxDesc], head: u32, mask: u32, force: bool) -> Scan {
     for (i, d) in descs.iter().enumerate() {
         let idx = head.wrapping_add(i as u32) & mask;
         if i >= MAX_DESCS_PER_PACKET {
-            bad(&mut p, format!("more than {MAX_DESCS_PER_PACKET} descriptors"));
+            bad(
+                &mut p,
+                format!("more than {MAX_DESCS_PER_PACKET} descriptors"),
+            );
             p.next_head = idx;
             return Scan::Packet(p);
         }
@@ -395,7 +402,10 @@ fn scan_packet(descs: &[TxDesc], head: u32, mask: u32, force: bool) -> Scan {
         }
     }
     if force {
-        bad(&mut p, "ring full of descriptors without end of packet".into());
+        bad(
+            &mut p,
+            "ring full of descriptors without end of packet".into(),
+        );
         p.next_head = head.wrapping_add(descs.len() as u32) & mask;
         return Scan::Packet(p);
     }

@@ -346,8 +346,8 @@ impl Wire {
             }
         }
         let pcap = match &opts.pcap {
-            Some(path) => Some(Arc::new(Mutex::new(
-                PcapWriter::create(path).map_err(|source| {
+            Some(path) => Some(Arc::new(Mutex::new(PcapWriter::create(path).map_err(
+                |source| {
                     for e in &ends {
                         e.attached.store(false, Ordering::SeqCst);
                     }
@@ -355,8 +355,8 @@ impl Wire {
                         path: path.clone(),
                         source,
                     }
-                })?,
-            ))),
+                },
+            )?))),
             None => None,
         };
         let link = Arc::new(AtomicBool::new(true));
