@@ -695,6 +695,11 @@ impl Shared {
         if self.port.link_changed.swap(false, Ordering::SeqCst) {
             self.with(|d| d.notify_mgmt());
         }
+        if !self.bus_master.load(Ordering::SeqCst) {
+            // No DMA without bus mastering: frames wait in the inbox (the
+            // sender is back-pressured) until the driver enables it.
+            return (false, None);
+        }
         self.with(|d| {
             let now = Instant::now();
             let (rx_more, rx_wake) = d.rx_poll(now);

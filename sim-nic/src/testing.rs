@@ -321,6 +321,8 @@ pub struct FakeDriver {
     pub ring_size_tx: u32,
     pub ring_size_rx: u32,
     pub header_split: bool,
+    /// RX queue count the RSS LUT was last configured for.
+    pub rss_queues: u32,
     pub header_buf_size: u16,
     pub packet_buf_size: u16,
 }
@@ -382,6 +384,7 @@ impl FakeDriver {
             ring_size_tx: 0,
             ring_size_rx: 0,
             header_split: false,
+            rss_queues: 0,
             header_buf_size: 0,
             packet_buf_size: 2048,
         };
@@ -517,6 +520,7 @@ impl FakeDriver {
 
     /// CONFIGURE_RSS with the default LUT `i % nq` (gve_init_rss_config).
     pub fn configure_rss(&mut self, nq: u32) -> Result<(), AqError> {
+        self.rss_queues = nq;
         let key = self.alloc(40, 64, false);
         self.mem.write(key, &crate::rss::DEFAULT_RSS_KEY);
         let lut = self.alloc(128 * 4, 64, false);
@@ -644,6 +648,10 @@ impl FakeDriver {
     /// RX buffers, enable every block's interrupt.
     pub fn up(&mut self, nq: u32, header_split: bool) -> Result<(), AqError> {
         self.header_split = header_split;
+        if nq != self.rss_queues {
+            // gve_adjust_queues → gve_init_rss_config with the new count.
+            self.configure_rss(nq)?;
+        }
         let cmds: Vec<RawCommand> = (0..nq).map(|q| self.tx_create_cmd(q)).collect();
         self.batch_ok(&cmds, "CREATE_TX_QUEUE")?;
         let cmds: Vec<RawCommand> = (0..nq).map(|q| self.rx_create_cmd(q)).collect();
