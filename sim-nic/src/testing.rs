@@ -50,6 +50,16 @@ pub struct FakeMemory {
     maps: Mutex<Vec<Mapping>>,
     faults: Mutex<Vec<DmaFault>>,
     tags: Mutex<BTreeMap<String, TagStats>>,
+    log: Mutex<Option<Vec<DmaRecord>>>,
+}
+
+/// One device access, recorded when [`FakeMemory::record`] is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DmaRecord {
+    pub access: Access,
+    pub iova: u64,
+    pub len: u64,
+    pub tag: String,
 }
 
 impl FakeMemory {
@@ -61,6 +71,7 @@ impl FakeMemory {
             maps: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
             tags: Mutex::new(BTreeMap::new()),
+            log: Mutex::new(None),
         })
     }
 
@@ -127,7 +138,25 @@ impl FakeMemory {
         Ok((iova - self.base) as usize)
     }
 
-    fn account(&self, tag: DmaTag, access: Access, n: usize) {
+    /// Start (or restart) recording every successful device access.
+    pub fn record(&self) {
+        *lock(&self.log) = Some(Vec::new());
+    }
+
+    /// The accesses recorded since [`record`](Self::record).
+    pub fn recorded(&self) -> Vec<DmaRecord> {
+        lock(&self.log).clone().unwrap_or_default()
+    }
+
+    fn account(&self, iova: u64, tag: DmaTag, access: Access, n: usize) {
+        if let Some(l) = lock(&self.log).as_mut() {
+            l.push(DmaRecord {
+                access,
+                iova,
+                len: n as u64,
+                tag: tag.to_string(),
+            });
+        }
         let mut t = lock(&self.tags);
         let e = t.entry(tag.to_string()).or_default();
         match access {
@@ -175,7 +204,7 @@ impl Dma for FakeMemory {
         match self.check(iova, buf.len(), Access::Read, tag) {
             Ok(off) => {
                 buf.copy_from_slice(&lock(&self.mem)[off..off + buf.len()]);
-                self.account(tag, Access::Read, buf.len());
+                self.account(iova, tag, Access::Read, buf.len());
                 Ok(())
             }
             Err(f) => {
@@ -189,7 +218,7 @@ impl Dma for FakeMemory {
         match self.check(iova, data.len(), Access::Write, tag) {
             Ok(off) => {
                 lock(&self.mem)[off..off + data.len()].copy_from_slice(data);
-                self.account(tag, Access::Write, data.len());
+                self.account(iova, tag, Access::Write, data.len());
                 Ok(())
             }
             Err(f) => {

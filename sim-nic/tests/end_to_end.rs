@@ -482,3 +482,107 @@ fn bidirectional_backpressure_no_deadlock_no_loss() {
     assert!(a.handle.stats().tx_backpressure > 0 || b.handle.stats().tx_backpressure > 0);
     assert_eq!(w.counters().delivered, 2 * u64::from(N));
 }
+
+/// devmem-style TX: the payload lives in a separate "dmabuf" region; the
+/// device reads it only with the `tx-payload` tag, never writes it, and
+/// stops touching a queue's memory once it is destroyed.
+#[test]
+fn netmem_tx_and_no_dma_after_destroy() {
+    let (mut a, mut b, _w) = pair(test_config, WireOptions::default());
+    a.up(2, true).unwrap();
+    b.up(2, true).unwrap();
+    // A 64 KiB "dmabuf", mapped read-only for the device.
+    let dmabuf = a.alloc(64 << 10, 4096, false);
+    let payload: Vec<u8> = (0..60_000u32).map(|i| (i * 13) as u8).collect();
+    a.mem.write(dmabuf + 100, &payload);
+    let hdr = build::tcp4(
+        MAC_B,
+        MAC_A,
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        7,
+        8,
+        0,
+        0x18,
+        &[],
+    );
+    let mut hdr = hdr.clone();
+    // Total length as the stack would have it for the whole TSO packet.
+    let tot = (40 + payload.len()) as u16;
+    hdr[16..18].copy_from_slice(&tot.to_be_bytes());
+    let h = a.alloc(54, 64, false);
+    a.mem.write(h, &hdr);
+    a.mem.record();
+    // Header in kernel memory, payload in three dmabuf chunks at odd offsets.
+    a.send_addrs(
+        1,
+        &[
+            (h, 54),
+            (dmabuf + 100, 20_000),
+            (dmabuf + 20_100, 20_000),
+            (dmabuf + 40_100, 20_000),
+        ],
+        true,
+        Some((1448, 54)),
+    );
+    poll_all(&[&a.handle, &b.handle]);
+    let rec = a.mem.recorded();
+    let in_dmabuf =
+        |r: &sim_nic::testing::DmaRecord| r.iova >= dmabuf && r.iova < dmabuf + (64 << 10);
+    assert!(
+        rec.iter()
+            .filter(|r| in_dmabuf(r))
+            .all(|r| r.tag == "tx-payload" && r.access == vmm::dma::Access::Read)
+    );
+    let read: u64 = rec.iter().filter(|r| in_dmabuf(r)).map(|r| r.len).sum();
+    assert_eq!(read, 60_000);
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        for q in 0..2 {
+            got.extend(b.poll_rx(q));
+        }
+        poll_all(&[&a.handle, &b.handle]);
+    }
+    let data: Vec<u8> = got.iter().flat_map(|p| p.payload.clone()).collect();
+    assert_eq!(data, payload);
+    assert!(a.mem.faults().is_empty());
+
+    // Post a packet but destroy the queue before the device runs: nothing
+    // of that queue is touched afterwards, even once its memory is gone.
+    let f = build::udp4(MAC_B, MAC_A, [1; 4], [2; 4], 1, 2, b"late");
+    a.send(0, &[&f], false, None);
+    a.adminq(adminq::encode::destroy_tx_queue(0)).unwrap();
+    let t = a.tx[0].take().unwrap();
+    a.mem.unmap(t.ring, u64::from(t.size) * 16);
+    a.mem.unmap(t.comp, u64::from(t.size) * 8);
+    // Same for an RX queue of B (queue restart frees the old rings).
+    let old = b.rx[1]
+        .as_ref()
+        .map(|r| (r.bufq, r.complq, r.bufs.clone()))
+        .unwrap();
+    b.restart_rx(1).unwrap();
+    b.mem.unmap(old.0, 256 * 32);
+    b.mem.unmap(old.1, 256 * 32);
+    for buf in old.2 {
+        b.mem.unmap(buf, 2048);
+    }
+    for sport in 0..64u16 {
+        let f = build::tcp4(
+            MAC_B,
+            MAC_A,
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+            sport,
+            80,
+            0,
+            0x10,
+            b"z",
+        );
+        a.send(1, &[&f], false, None);
+    }
+    poll_all(&[&a.handle, &b.handle]);
+    assert!(a.mem.faults().is_empty(), "{:?}", a.mem.faults());
+    assert!(b.mem.faults().is_empty(), "{:?}", b.mem.faults());
+    let n: usize = (0..2).map(|q| b.poll_rx(q).len()).sum();
+    assert_eq!(n, 64);
+}
