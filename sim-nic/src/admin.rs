@@ -168,6 +168,7 @@ impl Dev<'_> {
                 Some(q) if q.is_none() => Status::NOT_FOUND,
                 Some(q) => {
                     *q = None;
+                    self.st.stats_dirty = true;
                     Status::PASSED
                 }
             },
@@ -183,6 +184,7 @@ impl Dev<'_> {
                     return Status::INVALID_ARGUMENT;
                 } else {
                     self.st.stats_report = Some((addr, len));
+                    self.st.stats_written = None;
                 }
                 Status::PASSED
             }
@@ -309,6 +311,7 @@ impl Dev<'_> {
             return Status::INVALID_ARGUMENT;
         }
         self.st.rx[q] = Some(RxQueue::new(&c));
+        self.st.stats_dirty = true;
         Status::PASSED
     }
 

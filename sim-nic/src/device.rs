@@ -75,6 +75,9 @@ pub struct GveConfig {
     pub drop_bad_rx_checksum: bool,
     /// Run a worker thread (false: the owner calls `NicHandle::poll`).
     pub spawn_worker: bool,
+    /// How often the NIC RX stats in the driver's stats report are
+    /// refreshed (when they changed).
+    pub stats_refresh: Duration,
 }
 
 impl Default for GveConfig {
@@ -100,6 +103,7 @@ impl Default for GveConfig {
             rx_hold: Duration::from_millis(200),
             drop_bad_rx_checksum: true,
             spawn_worker: true,
+            stats_refresh: Duration::from_secs(1),
         }
     }
 }
@@ -272,6 +276,10 @@ pub(crate) struct NicState {
     pub rss: RssConfig,
     pub flows: FlowTable,
     pub stats_report: Option<(u64, u64)>,
+    /// When the NIC part of the stats report was last written.
+    pub stats_written: Option<Instant>,
+    /// NIC stats changed since then.
+    pub stats_dirty: bool,
     pub driver_info: Option<Vec<u8>>,
     /// Frames produced by TX but not yet accepted by the wire.
     pub tx_backlog: VecDeque<Vec<u8>>,
@@ -300,6 +308,8 @@ impl NicState {
             rss: RssConfig::default(),
             flows: FlowTable::default(),
             stats_report: None,
+            stats_written: None,
+            stats_dirty: false,
             driver_info: None,
             tx_backlog: VecDeque::new(),
             refusals: RefusalLog::default(),
@@ -451,6 +461,7 @@ impl Dev<'_> {
         st.rss = RssConfig::default();
         st.flows = FlowTable::default();
         st.stats_report = None;
+        st.stats_written = None;
         st.event_counter = 0;
         st.adminq_pfn = 0;
         st.driver_status = 0;
@@ -704,6 +715,7 @@ impl Shared {
             let now = Instant::now();
             let (rx_more, rx_wake) = d.rx_poll(now);
             let tx_more = d.tx_poll();
+            d.write_nic_stats(now);
             let mut wake = rx_wake;
             if !d.st.tx_backlog.is_empty() {
                 // Retry the wire soon even if nobody wakes us.

@@ -39,6 +39,11 @@ pub(crate) struct RxQueue {
     /// Frames steered here, waiting for buffers (arrival time).
     pub pending: VecDeque<(Instant, Vec<u8>)>,
     pub broken: bool,
+    /// Drops reported to the driver in the stats report (gve_adminq.h
+    /// RX_QUEUE_DROP_CNT, RX_NO_BUFFERS_POSTED, RX_DROPS_INVALID_CHECKSUM).
+    pub drops: u64,
+    pub no_buffers: u64,
+    pub bad_csum: u64,
 }
 
 impl RxQueue {
@@ -58,6 +63,9 @@ impl RxQueue {
             gen_bit: true,
             pending: VecDeque::new(),
             broken: false,
+            drops: 0,
+            no_buffers: 0,
+            bad_csum: 0,
         }
     }
 
@@ -121,7 +129,67 @@ fn plan_split(frame: &[u8], p: &Parsed, hbs: usize) -> Split {
     }
 }
 
+/// gve_adminq.h `enum gve_stat_names`, NIC part.
+pub const RX_QUEUE_DROP_CNT: u32 = 65;
+pub const RX_NO_BUFFERS_POSTED: u32 = 66;
+pub const RX_DROPS_PACKET_OVER_MRU: u32 = 67;
+pub const RX_DROPS_INVALID_CHECKSUM: u32 = 68;
+/// gve.h `NIC_RX_STATS_REPORT_NUM`.
+pub const NIC_RX_STATS_REPORT_NUM: usize = 4;
+
 impl Dev<'_> {
+    /// Refresh the NIC RX stats at the end of the driver's stats report:
+    /// one group of 4 per existing RX queue in the last entries
+    /// (gve_ethtool.c `gve_get_ethtool_stats` reads them from
+    /// `(len - 8)/16 - 4·(R - stopped)` on).
+    pub fn write_nic_stats(&mut self, now: Instant) {
+        let Some((addr, len)) = self.st.stats_report else {
+            return;
+        };
+        let due = match self.st.stats_written {
+            None => true,
+            Some(t) => {
+                self.st.stats_dirty && now.saturating_duration_since(t) >= self.sh.cfg.stats_refresh
+            }
+        };
+        if !due {
+            return;
+        }
+        let entries = (len.saturating_sub(8) / 16) as usize;
+        let groups: Vec<(u32, [u64; 4])> = self
+            .st
+            .rx
+            .iter()
+            .enumerate()
+            .filter_map(|(q, r)| {
+                r.as_ref()
+                    .map(|r| (q as u32, [r.drops, r.no_buffers, 0, r.bad_csum]))
+            })
+            .collect();
+        let n = groups.len() * NIC_RX_STATS_REPORT_NUM;
+        self.st.stats_written = Some(now);
+        self.st.stats_dirty = false;
+        if n == 0 || n > entries {
+            return;
+        }
+        let mut b = Vec::with_capacity(16 * n);
+        for (q, v) in groups {
+            let names = [
+                RX_QUEUE_DROP_CNT,
+                RX_NO_BUFFERS_POSTED,
+                RX_DROPS_PACKET_OVER_MRU,
+                RX_DROPS_INVALID_CHECKSUM,
+            ];
+            for (name, value) in names.iter().zip(v) {
+                b.extend_from_slice(&name.to_be_bytes());
+                b.extend_from_slice(&q.to_be_bytes());
+                b.extend_from_slice(&value.to_be_bytes());
+            }
+        }
+        let at = addr.wrapping_add(8 + 16 * (entries - n) as u64);
+        self.dma_write(at, &b, "stats");
+    }
+
     /// Move frames from the inbox to their queues and deliver what fits.
     /// Returns (more work ready, when to look again).
     pub fn rx_poll(&mut self, now: Instant) -> (bool, Option<Duration>) {
@@ -231,6 +299,11 @@ impl Dev<'_> {
                     let age = now.saturating_duration_since(t);
                     if age >= hold {
                         Counters::inc(&self.sh.counters.rx_no_buffers);
+                        if let Some(Some(r)) = self.st.rx.get_mut(q) {
+                            r.no_buffers += 1;
+                            r.drops += 1;
+                        }
+                        self.st.stats_dirty = true;
                         continue;
                     }
                     if let Some(Some(r)) = self.st.rx.get_mut(q) {
@@ -298,6 +371,11 @@ impl Dev<'_> {
         if csum.l3_l4_processed && (csum.ip_err || csum.l4_err) && self.sh.cfg.drop_bad_rx_checksum
         {
             Counters::inc(&c.rx_bad_checksum);
+            if let Some(Some(r)) = self.st.rx.get_mut(q) {
+                r.bad_csum += 1;
+                r.drops += 1;
+            }
+            self.st.stats_dirty = true;
             return Deliver::Dropped;
         }
         let hash = flow_key(frame, &p)

@@ -354,6 +354,8 @@ pub struct FakeDriver {
     pub rss_queues: u32,
     pub header_buf_size: u16,
     pub packet_buf_size: u16,
+    /// The stats report buffer (8 + 16·E bytes).
+    pub stats: (u64, u64),
 }
 
 /// An admin command the device answered with something else than PASSED.
@@ -416,6 +418,7 @@ impl FakeDriver {
             rss_queues: 0,
             header_buf_size: 0,
             packet_buf_size: 2048,
+            stats: (0, 0),
         };
         (d, port)
     }
@@ -536,12 +539,11 @@ impl FakeDriver {
         let pm = self.alloc(adminq::PTYPE_MAP_LEN, 4096, true);
         self.adminq(encode::get_ptype_map(pm))?;
         self.configure_rss(max_rx)?;
-        let stats = self.alloc(8 + 16 * 12 * u64::from(max_tx), 4096, true);
-        self.adminq(encode::report_stats(
-            8 + 16 * 12 * u64::from(max_tx),
-            stats,
-            20000,
-        ))?;
+        // (6 + 0)·max_tx + (2 + 4)·max_rx entries (gve_alloc_stats_report).
+        let len = 8 + 16 * (6 * u64::from(max_tx) + 6 * u64::from(max_rx));
+        let stats = self.alloc(len, 4096, true);
+        self.stats = (stats, len);
+        self.adminq(encode::report_stats(len, stats, 20000))?;
         self.tx = (0..max_tx).map(|_| None).collect();
         self.rx = (0..max_rx).map(|_| None).collect();
         Ok(())
@@ -1024,9 +1026,37 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// The NIC RX stats group `(queue, [drops, no_buffers, over_mru,
+/// bad_csum])` for every queue the device wrote into the stats report, read
+/// the way gve_ethtool.c does.
+impl FakeDriver {
+    pub fn nic_rx_stats(&self, rx_queues: usize) -> Vec<(u32, [u64; 4])> {
+        let (addr, len) = self.stats;
+        let entries = ((len - 8) / 16) as usize;
+        let base = entries - 4 * rx_queues;
+        let raw = self
+            .mem
+            .read(addr + 8 + 16 * base as u64, 16 * 4 * rx_queues);
+        raw.chunks_exact(64)
+            .filter_map(|g| {
+                let name = u32::from_be_bytes(g[0..4].try_into().ok()?);
+                if name == 0 {
+                    return None;
+                }
+                let q = u32::from_be_bytes(g[4..8].try_into().ok()?);
+                let v = |i: usize| {
+                    u64::from_be_bytes(g[16 * i + 8..16 * i + 16].try_into().unwrap_or([0; 8]))
+                };
+                Some((q, [v(0), v(1), v(2), v(3)]))
+            })
+            .collect()
+    }
+}
+
 /// A config for tests: no worker thread, small rings.
 pub fn test_config(name: &str, mac_last: u8) -> GveConfig {
     GveConfig {
+        stats_refresh: Duration::ZERO,
         name: name.into(),
         mac: [0x02, 0, 0, 0, 0, mac_last],
         tx_ring_size: 256,

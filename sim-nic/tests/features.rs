@@ -301,6 +301,9 @@ fn header_overflow_and_bad_checksums() {
     assert!(c.split_header && c.header_len == 42 && c.packet_len == 0);
     assert_eq!(got[1].header, arp);
     assert_eq!(d.handle.stats().rx_bad_checksum, 1);
+    // The drop shows up in the NIC part of the stats report (ethtool -S).
+    poll_all(&[&d.handle]);
+    assert_eq!(d.nic_rx_stats(1), vec![(0, [1, 0, 0, 1])]);
 }
 
 #[test]
