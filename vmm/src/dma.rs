@@ -5,6 +5,12 @@
 //! translate each IOVA range, enforce the mapping's permissions, and append the
 //! access to the audit trail; a refused access is a [`DmaFault`], recorded and
 //! reported to the guest, never a panic.
+//!
+//! Implementations: [`crate::iommu::IommuDma`] (an endpoint behind the
+//! virtio-iommu) and [`crate::iommu::PassthroughDma`] (a device outside it,
+//! addresses are guest-physical; still audited). Virtio devices behind the
+//! IOMMU see the same translation as a `vm_memory::GuestMemory`, through
+//! [`crate::iommu::EndpointMemory`].
 
 use std::fmt;
 

@@ -9,6 +9,7 @@ pub mod device;
 pub mod devices;
 pub mod dma;
 pub mod engine;
+pub mod iommu;
 pub mod irq;
 pub mod layout;
 pub mod machine;

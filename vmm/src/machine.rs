@@ -339,6 +339,11 @@ impl Machine {
         &self.devices
     }
 
+    /// DMA counters by device, IOMMU faults and fault-event counts.
+    pub fn dma_report(&self) -> crate::iommu::DmaReport {
+        self.devices.dma_report()
+    }
+
     /// Stop the vCPUs (recording `why` unless the guest already ended) and
     /// the device threads.
     pub fn stop(&mut self, why: &str) -> ExitReason {

@@ -8,6 +8,7 @@
 //! worker thread so the vCPU thread never blocks on device I/O.
 
 pub mod console;
+pub mod iommu;
 pub mod pci;
 pub mod rng;
 mod worker;
@@ -20,7 +21,9 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+pub use crate::iommu::EndpointMemory;
 pub use console::Console;
+pub use iommu::VirtioIommu;
 pub use pci::VirtioPciDevice;
 pub use rng::Rng;
 pub use virtio_queue::Queue;
@@ -58,6 +61,8 @@ pub enum ActivateError {
     QueueCount { expected: usize, got: usize },
     #[error("device is already active")]
     AlreadyActive,
+    #[error("device cannot work behind an IOMMU")]
+    PlatformUnsupported,
     #[error("device I/O setup failed")]
     Io(#[from] std::io::Error),
 }
@@ -95,6 +100,20 @@ pub trait VirtioDevice: Send {
         queues: Vec<(Queue, EventFd)>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError>;
+    /// Start the device behind an IOMMU: the driver negotiated
+    /// `VIRTIO_F_ACCESS_PLATFORM` and the transport sits on an IOMMU
+    /// endpoint. Every ring and buffer address is an IOVA, translated (and
+    /// audited) through `mem` on each access. Devices that cannot do this
+    /// keep the default, which refuses.
+    fn activate_platform(
+        &mut self,
+        mem: EndpointMemory,
+        queues: Vec<(Queue, EventFd)>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        let _ = (mem, queues, interrupt);
+        Err(ActivateError::PlatformUnsupported)
+    }
     /// Stop the device (joining its worker) and return to the pre-activation
     /// state. Returns false if the device cannot be re-activated.
     fn reset(&mut self) -> bool;

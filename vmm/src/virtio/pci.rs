@@ -29,6 +29,7 @@ use super::{
     VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1, VIRTIO_MSI_NO_VECTOR, VirtioDevice, VirtioInterrupt,
 };
 use crate::device::MsiSink;
+use crate::iommu::{EndpointMemory, IommuDma};
 use crate::pci::configuration::{BarKind, PciConfiguration, PciHeader};
 use crate::pci::msix::{MSIX_CTRL_ENABLE, MSIX_CTRL_FUNCTION_MASK, MsixConfig};
 use crate::pci::{PciDevice, PciError, lock};
@@ -187,6 +188,9 @@ pub struct VirtioPciDevice {
     config: PciConfiguration,
     device: Box<dyn VirtioDevice>,
     mem: GuestMemoryMmap<()>,
+    /// The IOMMU endpoint this function's DMA goes through, if it sits
+    /// behind the virtio-iommu.
+    dma: Option<Arc<IommuDma>>,
     intr: Arc<InterruptState>,
     msix_cap: usize,
     pci_cfg_cap: usize,
@@ -312,6 +316,7 @@ impl VirtioPciDevice {
             config,
             device,
             mem,
+            dma: None,
             intr,
             msix_cap,
             pci_cfg_cap,
@@ -325,6 +330,20 @@ impl VirtioPciDevice {
             queue_select: 0,
             active: false,
         })
+    }
+
+    /// Put the function behind an IOMMU endpoint: `VIRTIO_F_ACCESS_PLATFORM`
+    /// is offered and must be accepted (FEATURES_OK is refused otherwise),
+    /// and the device is started with [`VirtioDevice::activate_platform`]
+    /// on a view of memory that translates every access through `dma`.
+    pub fn set_iommu(&mut self, dma: Arc<IommuDma>) {
+        self.device_features |= 1 << VIRTIO_F_ACCESS_PLATFORM;
+        self.dma = Some(dma);
+    }
+
+    /// The IOMMU endpoint handle, if the function sits behind the IOMMU.
+    pub fn iommu_dma(&self) -> Option<&Arc<IommuDma>> {
+        self.dma.as_ref()
     }
 
     /// MSI-X vectors a virtio-pci function for `device` has (config + one
@@ -415,8 +434,11 @@ impl VirtioPciDevice {
         let newly = value & !old;
         let mut new = old | value;
         if newly & STATUS_FEATURES_OK != 0 {
+            let platform_ok =
+                self.dma.is_none() || self.driver_features & (1 << VIRTIO_F_ACCESS_PLATFORM) != 0;
             let ok = self.driver_features & !self.device_features == 0
-                && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0;
+                && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
+                && platform_ok;
             if ok {
                 self.device.ack_features(self.driver_features);
             } else {
@@ -439,6 +461,25 @@ impl VirtioPciDevice {
     /// Build the queues and start the device. Returns false on failure.
     fn activate(&mut self) -> bool {
         let event_idx = self.driver_features & (1 << VIRTIO_F_EVENT_IDX) != 0;
+        // Behind the IOMMU, ring addresses are IOVAs: validate them through
+        // the endpoint's current mappings (and translate again on every
+        // later access).
+        let view = self.dma.as_ref().map(|dma| {
+            let rings = self
+                .queues
+                .iter()
+                .filter(|r| r.enabled)
+                .flat_map(|r| {
+                    let n = u64::from(r.size);
+                    [
+                        (r.desc, r.desc.saturating_add(16 * n)),
+                        (r.driver, r.driver.saturating_add(6 + 2 * n)),
+                        (r.device, r.device.saturating_add(6 + 8 * n)),
+                    ]
+                })
+                .collect();
+            EndpointMemory::new(dma.clone(), rings)
+        });
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, r) in self.queues.iter().enumerate() {
             let Ok(mut q) = Queue::new(r.max_size) else {
@@ -451,7 +492,11 @@ impl VirtioPciDevice {
                     && q.try_set_used_ring_address(GuestAddress(r.device)).is_ok();
                 q.set_event_idx(event_idx);
                 q.set_ready(true);
-                if !valid || !q.is_valid(&self.mem) {
+                let mapped = match &view {
+                    Some(v) => q.is_valid(v),
+                    None => q.is_valid(&self.mem),
+                };
+                if !valid || !mapped {
                     tracing::warn!(queue = i, "virtio queue set up with invalid rings");
                     return false;
                 }
@@ -462,7 +507,11 @@ impl VirtioPciDevice {
             queues.push((q, evt));
         }
         let intr: Arc<dyn VirtioInterrupt> = self.intr.clone();
-        match self.device.activate(self.mem.clone(), queues, intr) {
+        let started = match view {
+            Some(v) => self.device.activate_platform(v, queues, intr),
+            None => self.device.activate(self.mem.clone(), queues, intr),
+        };
+        match started {
             Ok(()) => {
                 self.active = true;
                 true

@@ -1,16 +1,21 @@
 //! virtio-rng (virtio 1.2 §5.4): one request queue whose device-writable
 //! buffers are filled from the host's `getrandom(2)`.
+//!
+//! Behind the virtio-iommu (`Rng::new(true)` on a transport with an IOMMU
+//! endpoint), every ring and buffer access goes through the endpoint's
+//! translation and is audited: ring accesses as `vring`, the random bytes
+//! as `rng-buf`.
 
-use std::io::{self, Write};
+use std::io;
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::epoll::{Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::{Worker, drain, epoll_add, epoll_wait};
-use super::{ActivateError, VirtioDevice, VirtioInterrupt};
+use super::{ActivateError, EndpointMemory, VirtioDevice, VirtioInterrupt};
 
 /// Virtio device ID of the entropy device.
 pub const VIRTIO_ID_RNG: u32 = 4;
@@ -18,6 +23,9 @@ pub const RNG_QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 1] = [RNG_QUEUE_SIZE];
 /// Bytes supplied per request at most (Linux asks for far less).
 const MAX_REQUEST: usize = 64 << 10;
+
+/// Audit tag of the random bytes written to the guest.
+pub const TAG_RNG_BUF: &str = "rng-buf";
 
 const TOKEN_KILL: u64 = 0;
 const TOKEN_QUEUE: u64 = 1;
@@ -36,6 +44,30 @@ impl Rng {
             access_platform,
             worker: None,
         }
+    }
+
+    fn start<M: GuestMemory + Send + 'static>(
+        &mut self,
+        mem: M,
+        queues: Vec<(Queue, EventFd)>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let got = queues.len();
+        let mut it = queues.into_iter();
+        let (Some((queue, evt)), None) = (it.next(), it.next()) else {
+            return Err(ActivateError::QueueCount { expected: 1, got });
+        };
+        let mut w = RngWorker {
+            mem,
+            queue,
+            evt,
+            interrupt,
+        };
+        self.worker = Some(Worker::spawn("virtio-rng", move |kill| w.run(kill))?);
+        Ok(())
     }
 }
 
@@ -68,22 +100,16 @@ impl VirtioDevice for Rng {
         queues: Vec<(Queue, EventFd)>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = queues.len();
-        let mut it = queues.into_iter();
-        let (Some((queue, evt)), None) = (it.next(), it.next()) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        let mut w = RngWorker {
-            mem,
-            queue,
-            evt,
-            interrupt,
-        };
-        self.worker = Some(Worker::spawn("virtio-rng", move |kill| w.run(kill))?);
-        Ok(())
+        self.start(mem, queues, interrupt)
+    }
+
+    fn activate_platform(
+        &mut self,
+        mem: EndpointMemory,
+        queues: Vec<(Queue, EventFd)>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        self.start(mem.with_buf_tag(TAG_RNG_BUF), queues, interrupt)
     }
 
     fn reset(&mut self) -> bool {
@@ -94,14 +120,14 @@ impl VirtioDevice for Rng {
     }
 }
 
-struct RngWorker {
-    mem: GuestMemoryMmap<()>,
+struct RngWorker<M> {
+    mem: M,
     queue: Queue,
     evt: EventFd,
     interrupt: Arc<dyn VirtioInterrupt>,
 }
 
-impl RngWorker {
+impl<M: GuestMemory> RngWorker<M> {
     fn run(&mut self, kill: EventFd) {
         let epoll = match Epoll::new().and_then(|ep| {
             epoll_add(&ep, &kill, TOKEN_KILL, EventSet::IN)?;
@@ -159,21 +185,32 @@ impl RngWorker {
     }
 }
 
-/// Fill a device-writable chain with random bytes; None if the chain has a
-/// device-readable descriptor or points outside guest memory.
-fn fill_chain(
-    mem: &GuestMemoryMmap<()>,
-    chain: DescriptorChain<&GuestMemoryMmap<()>>,
-) -> Option<usize> {
-    if chain.clone().any(|d| !d.is_write_only()) {
-        return None;
+/// Fill a device-writable chain with random bytes, one write per
+/// descriptor; None if the chain has a device-readable descriptor or a
+/// write fails (outside guest memory, or refused by the IOMMU).
+fn fill_chain<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>) -> Option<usize> {
+    let mut descs = Vec::new();
+    let mut total = 0usize;
+    for d in chain {
+        if !d.is_write_only() {
+            return None;
+        }
+        total = total.saturating_add(d.len() as usize);
+        descs.push(d);
     }
-    let mut writer = chain.writer(mem).ok()?;
-    let n = writer.available_bytes().min(MAX_REQUEST);
+    let n = total.min(MAX_REQUEST);
     let mut buf = vec![0u8; n];
     getrandom(&mut buf).ok()?;
-    writer.write_all(&buf).ok()?;
-    Some(n)
+    let mut off = 0;
+    for d in descs {
+        if off == n {
+            break;
+        }
+        let len = (d.len() as usize).min(n - off);
+        mem.write_slice(&buf[off..off + len], d.addr()).ok()?;
+        off += len;
+    }
+    Some(off)
 }
 
 /// Fill `buf` from the kernel CSPRNG.
