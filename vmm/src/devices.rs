@@ -12,10 +12,11 @@ use vm_memory::GuestMemoryMmap;
 use crate::arch::acpi::{PciSlotInfo, ViotConfig};
 use crate::bus::Bus;
 use crate::device::MsiSink;
-use crate::dma::{Access, DmaFault};
+use crate::dma::{Access, Dma, DmaFault};
 use crate::iommu::{Audit, AuditConfig, DmaReport, IommuConfig, IommuDma, IommuState};
 use crate::irq::IrqRouter;
 use crate::layout::*;
+use crate::pci::bus::SharedPciDevice;
 use crate::pci::{PciBdf, PciBus, PciConfigIo, PciConfigMmio, PciMmioWindow};
 use crate::virtio::{Console, Rng, VirtioDevice, VirtioIommu, VirtioPciDevice};
 
@@ -45,6 +46,8 @@ pub struct Devices {
     iommu_bdf: u16,
     /// DMA handles of the devices behind the IOMMU, by BDF.
     dma: BTreeMap<u16, Arc<IommuDma>>,
+    mem: GuestMemoryMmap<()>,
+    router: Arc<IrqRouter>,
 }
 
 fn add_virtio(
@@ -148,6 +151,8 @@ impl Devices {
             iommu,
             iommu_bdf,
             dma,
+            mem: mem.clone(),
+            router: router.clone(),
         })
     }
 
@@ -157,6 +162,42 @@ impl Devices {
 
     pub fn acpi_slots(&self) -> Vec<PciSlotInfo> {
         self.slots.clone()
+    }
+
+    /// Put another PCI function behind the virtio-iommu at 00:`slot`.0
+    /// (e.g. a sim-nic, which is wired from a crate above `vmm`): registers
+    /// the endpoint, builds its audited DMA handle and an MSI sink of
+    /// `msix_vectors` vectors, and lets `make` build the function. Call it
+    /// before the ACPI tables are written, so the VIOT lists the endpoint.
+    pub fn add_iommu_function(
+        &mut self,
+        slot: u8,
+        name: &str,
+        msix_vectors: u16,
+        make: impl FnOnce(Arc<dyn Dma>, Arc<dyn MsiSink>) -> Result<SharedPciDevice, String>,
+    ) -> Result<u16, String> {
+        let bdf = PciBdf::new(0, slot, 0).to_u16();
+        if self.pci.device(PciBdf::from_u16(bdf)).is_some() {
+            return Err(format!("PCI slot {slot} is already in use"));
+        }
+        let msi: Arc<dyn MsiSink> = self
+            .router
+            .msi_group(msix_vectors)
+            .map_err(|e| e.to_string())?;
+        let dma = Arc::new(IommuDma::new(self.mem.clone(), &self.iommu, bdf));
+        let dev = make(dma.clone(), msi)?;
+        let got = self
+            .pci
+            .add_device_at(slot, dev)
+            .map_err(|e| e.to_string())?
+            .to_u16();
+        debug_assert_eq!(got, bdf);
+        self.dma.insert(bdf, dma);
+        self.slots.push(PciSlotInfo {
+            bdf,
+            name: name.to_string(),
+        });
+        Ok(bdf)
     }
 
     /// The virtio-iommu and every endpoint registered with it.
