@@ -166,6 +166,17 @@ if [ -f {modules_load} ]; then
     done < {modules_load}
 fi
 
+# Probes that waited for a module (e.g. devices behind the virtio-iommu wait
+# for virtio_iommu) finish asynchronously: let the deferred-probe list drain
+# before the agent reports the devices (bounded: 200 polls).
+deferred=/sys/kernel/debug/devices_deferred
+n=0
+while [ -s $deferred ] && [ $n -lt 200 ]; do
+    sleep 0.05
+    n=$((n+1))
+done
+[ -s $deferred ] && log "devices still deferred: $(cat $deferred)"
+
 # A failed exec makes the shell exit: this trap then reports and powers off
 # (instead of the kernel panicking on a dead init). A successful exec
 # replaces the shell, trap included.

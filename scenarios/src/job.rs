@@ -26,6 +26,11 @@ pub enum JobCommand {
     Boot {
         #[serde(default)]
         exec: Vec<String>,
+        /// After `exec`: make each of these devices (PCI BDF, e.g.
+        /// "0000:00:02.0") read again the IOVA of its last DMA, through its
+        /// IOMMU endpoint (a device touching memory the guest may have unmapped).
+        #[serde(default)]
+        dma_probe: Vec<String>,
     },
     /// Boot `runs` times with our VMM and with QEMU; report boot-to-agent medians.
     BenchBoot {

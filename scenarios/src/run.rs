@@ -69,6 +69,7 @@ pub fn boot(job: &Job, sink: Arc<dyn EventSink>, t0: Instant) -> Result<Booted, 
         mem_mib: job.machine.mem_mib,
         vcpus: job.machine.vcpus,
         hide_xsave: job.machine.hide_xsave,
+        add_devices: None,
         console_log: None,
         console_hook: Some(Box::new(move |l: &str| {
             if verbose {
@@ -191,7 +192,9 @@ pub fn power_off(b: &mut Booted) -> ExitReason {
 pub fn run_local(job: &Job, sink: Arc<dyn EventSink>, engine: &str) -> Outcome {
     let t0 = Instant::now();
     let res = match &job.command {
-        JobCommand::Boot { exec } => run_boot(job, exec, sink.clone(), t0, engine),
+        JobCommand::Boot { exec, dma_probe } => {
+            run_boot(job, exec, dma_probe, sink.clone(), t0, engine)
+        }
         JobCommand::BenchBoot { runs, qemu } => {
             run_bench_boot(job, *runs, qemu, sink.clone(), t0, engine)
         }
@@ -232,9 +235,50 @@ fn command_name(c: &JobCommand) -> &'static str {
     }
 }
 
+/// Parse "0000:00:02.0" (or "00:02.0") into a 16-bit BDF.
+pub fn parse_bdf(s: &str) -> Option<u16> {
+    let s = s.strip_prefix("0000:").unwrap_or(s);
+    let (bus, rest) = s.split_once(':')?;
+    let (dev, func) = rest.split_once('.')?;
+    let (b, d, f) = (
+        u16::from_str_radix(bus, 16).ok()?,
+        u16::from_str_radix(dev, 16).ok()?,
+        u16::from_str_radix(func, 16).ok()?,
+    );
+    (b < 256 && d < 32 && f < 8).then_some((b << 8) | (d << 3) | f)
+}
+
+/// Replay a device's last DMA address through its endpoint (see JobCommand::Boot).
+fn replay_last_dma(machine: &Machine, bdf_text: &str) -> serde_json::Value {
+    let Some(bdf) = parse_bdf(bdf_text) else {
+        return json!({"device": bdf_text, "error": "not a PCI address like 0000:00:02.0"});
+    };
+    let audit = machine.devices().audit();
+    let batch = audit.drain_since(0);
+    let last = batch.records.iter().rev().find_map(|r| match &r.event {
+        vmm::iommu::AuditEvent::Dma(d) if d.device == bdf && d.ok() => {
+            Some((d.iova, d.len.min(4096)))
+        }
+        _ => None,
+    });
+    let Some((iova, len)) = last else {
+        return json!({"device": bdf_text, "error": "no earlier DMA of this device in the audit trail"});
+    };
+    match machine
+        .devices()
+        .dma_probe(bdf, iova, len, vmm::dma::Access::Read)
+    {
+        Ok(()) => json!({"device": bdf_text, "iova": iova, "len": len, "refused": false}),
+        Err(e) => {
+            json!({"device": bdf_text, "iova": iova, "len": len, "refused": true, "detail": e.to_string()})
+        }
+    }
+}
+
 fn run_boot(
     job: &Job,
     exec: &[String],
+    dma_probe: &[String],
     sink: Arc<dyn EventSink>,
     t0: Instant,
     engine: &str,
@@ -267,12 +311,20 @@ fn run_boot(
         );
         execs.push(json!({"command": cmd, "exit_code": out.exit_code, "stdout": out.stdout, "stderr": out.stderr}));
     }
+    let mut probes = Vec::new();
+    for dev in dma_probe {
+        let r = replay_last_dma(&b.machine, dev);
+        step(&*sink, t0, "DMA probe", r.to_string());
+        probes.push(r);
+    }
     let exit = power_off(&mut b);
     step(&*sink, t0, "VM ended", describe_exit(&exit));
     let clean = exit == ExitReason::PowerOff;
     let report = json!({
         "command": "boot",
         "exec": execs,
+        "dma_probes": probes,
+        "dma": b.machine.dma_report(),
         "kernel": {"spec": job.kernel_spec, "release": hello.release},
         "engine": engine,
         "verdict": if clean { "pass" } else { "error" },

@@ -59,6 +59,9 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Kvm { what, source }
 }
 
+/// Hook that adds PCI functions to a machine under construction.
+pub type AddDevices = Box<dyn FnOnce(&mut crate::devices::Devices) -> Result<(), String> + Send>;
+
 /// Everything needed to start a machine.
 pub struct MachineConfig {
     pub kernel: PathBuf,
@@ -68,6 +71,9 @@ pub struct MachineConfig {
     pub vcpus: u8,
     pub console_log: Option<PathBuf>,
     pub console_hook: Option<LineHook>,
+    /// Adds more PCI functions (e.g. sim-nics, from a crate above `vmm`)
+    /// after the built-in devices and before the ACPI tables are written.
+    pub add_devices: Option<AddDevices>,
     /// Hide XSAVE from the guest (nested engine on QEMU TCG; see arch::cpuid::hide_xsave).
     pub hide_xsave: bool,
 }
@@ -164,8 +170,11 @@ impl Machine {
         )?;
 
         // PCI and virtio devices.
-        let devices = crate::devices::Devices::build(&mem, &router, &mut pio, &mut mmio)
+        let mut devices = crate::devices::Devices::build(&mem, &router, &mut pio, &mut mmio)
             .map_err(VmmError::Devices)?;
+        if let Some(add) = cfg.add_devices {
+            add(&mut devices).map_err(VmmError::Devices)?;
+        }
         let agent = devices.agent_host_end().map_err(|source| VmmError::Io {
             context: "agent channel".into(),
             source,

@@ -72,6 +72,10 @@ pub struct BootArgs {
     /// Run a shell command in the guest after the hello (repeatable); its output is printed.
     #[arg(long)]
     pub exec: Vec<String>,
+    /// After --exec: make the device at this PCI address (e.g. 0000:00:02.0)
+    /// read the IOVA of its last DMA again, through its IOMMU endpoint.
+    #[arg(long)]
+    pub dma_probe: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,6 +157,16 @@ pub fn list() -> i32 {
     println!("  kvm        this host's /dev/kvm ({host:?})");
     println!("  nested     an L1 guest under QEMU TCG running this binary on L1's KVM");
     println!("  auto       → {auto}");
+    println!("scenarios:");
+    for (name, s) in scenarios::scenario::CATALOG
+        .iter()
+        .zip(scenarios::scenario::Scenario::catalog())
+    {
+        match s {
+            Ok(s) => println!("  {:<22} {}", s.name, s.description),
+            Err(e) => println!("  {:<22} (invalid: {e})", name.0),
+        }
+    }
     0
 }
 
@@ -331,6 +345,7 @@ pub fn boot(a: BootArgs) -> i32 {
             &a.machine,
             JobCommand::Boot {
                 exec: a.exec.clone(),
+                dma_probe: a.dma_probe.clone(),
             },
             &*sink,
         )?;
@@ -378,6 +393,18 @@ pub fn agent(port: &Path) -> i32 {
             1
         }
     }
+}
+
+/// Everything after a hidden guest-tool subcommand, parsed by the tool itself.
+#[derive(Args)]
+pub struct ToolArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// In the guest: a tool for scenario steps (see scenarios::guest_tools).
+pub fn guest_tool(tool: &str, a: ToolArgs) -> i32 {
+    scenarios::guest_tools::main(tool, &a.args)
 }
 
 /// Inside L1: run the job on L1's KVM, streaming events to the host.

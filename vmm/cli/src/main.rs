@@ -46,6 +46,17 @@ enum Command {
     /// Run a job inside the nested engine's L1 guest.
     #[command(hide = true, name = "l1-job")]
     L1Job { job: std::path::PathBuf },
+    /// Guest tools used by scenario steps (scenarios::guest_tools).
+    #[command(hide = true, name = "tcp-sink")]
+    TcpSink(cmd::ToolArgs),
+    #[command(hide = true, name = "tcp-source")]
+    TcpSource(cmd::ToolArgs),
+    #[command(hide = true, name = "netns-add")]
+    NetnsAdd(cmd::ToolArgs),
+    #[command(hide = true, name = "netns-exec")]
+    NetnsExec(cmd::ToolArgs),
+    #[command(hide = true, name = "netns-setup")]
+    NetnsSetup(cmd::ToolArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -72,6 +83,11 @@ fn main() -> ExitCode {
         Command::Bench { what } => cmd::bench(what),
         Command::Agent { port } => cmd::agent(&port),
         Command::L1Job { job } => cmd::l1_job(&job),
+        Command::TcpSink(a) => cmd::guest_tool("tcp-sink", a),
+        Command::TcpSource(a) => cmd::guest_tool("tcp-source", a),
+        Command::NetnsAdd(a) => cmd::guest_tool("netns-add", a),
+        Command::NetnsExec(a) => cmd::guest_tool("netns-exec", a),
+        Command::NetnsSetup(a) => cmd::guest_tool("netns-setup", a),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -79,6 +79,46 @@ fn check_boot(kernel: &str, release_prefix: &str) {
             .unwrap()
             .contains("iommu.strict=1")
     );
+    // IOMMU: the virtio-iommu function is bound, every endpoint it
+    // translates (the rng) sits in a group with a DMA (translated) domain,
+    // DMA through it was counted, and a clean boot has no faults.
+    let iommu = pci
+        .iter()
+        .find(|f| f["vendor"] == 0x1af4 && f["device"] == 0x1057)
+        .expect("virtio-iommu function");
+    assert_eq!(iommu["driver"], "virtio-pci");
+    assert!(
+        r["hello"]["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "virtio_iommu"),
+        "virtio_iommu loaded"
+    );
+    let rng = pci
+        .iter()
+        .find(|f| f["vendor"] == 0x1af4 && f["device"] == 0x1044)
+        .expect("virtio-rng function");
+    let group = rng["iommu_group"]
+        .as_u64()
+        .expect("rng is in an IOMMU group");
+    let groups = r["hello"]["iommu_groups"].as_array().unwrap();
+    let g = groups
+        .iter()
+        .find(|g| g["id"] == group)
+        .expect("group listed");
+    assert_eq!(g["type"], "DMA", "strict DMA domain: {g}");
+    let rng_bdf = rng["bdf"].as_str().unwrap();
+    let counted = &r["dma"]["by_device"][rng_bdf];
+    assert!(
+        counted["reads"].as_u64().unwrap() > 0 && counted["writes"].as_u64().unwrap() > 0,
+        "{counted}"
+    );
+    assert_eq!(
+        r["dma"]["iommu_faults"].as_array().unwrap().len(),
+        0,
+        "clean boot: no IOMMU faults"
+    );
     // The console stream made it to the host's timeline.
     assert!(stderr.contains("agent ready"), "{stderr}");
 }
@@ -290,4 +330,43 @@ fn watchdog_kills_a_guest_that_never_answers() {
     let r = json(&report);
     assert_eq!(r["verdict"], "error");
     assert!(r["error"].as_str().unwrap().contains("watchdog"));
+}
+
+#[test]
+fn device_touching_unmapped_iova_after_unbind_is_refused() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("u.json");
+    // The rng is read while it is being unbound; its driver's DMA mappings go
+    // away; then the device touches the IOVA of its last DMA again.
+    let out = run(&[
+        "boot",
+        "--json",
+        report.to_str().unwrap(),
+        "--exec",
+        "cat /dev/hwrng > /dev/null & echo 0000:00:02.0 > /sys/bus/pci/drivers/virtio-pci/unbind",
+        "--dma-probe",
+        "0000:00:02.0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let r = json(&report);
+    let probe = &r["dma_probes"][0];
+    assert_eq!(probe["refused"], true, "{probe}");
+    let faults = r["dma"]["iommu_faults"].as_array().unwrap();
+    let f = faults
+        .iter()
+        .find(|f| f["endpoint"] == 0x10)
+        .unwrap_or_else(|| panic!("fault of 00:02.0 recorded: {faults:?}"));
+    assert_eq!(f["iova"], probe["iova"]);
+    assert!(
+        f["reason"] == "unmapped" || f["reason"] == "no-domain",
+        "{f}"
+    );
+    // The guest was told through the event queue.
+    assert!(
+        r["dma"]["fault_events_sent"].as_u64().unwrap() >= 1,
+        "{}",
+        r["dma"]
+    );
 }
