@@ -8,5 +8,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    sim_nic::fuzz::admin_and_descriptors(data);
+    let _ = sim_nic::fuzz::admin_and_descriptors(data);
 });

@@ -89,12 +89,13 @@ fn fuzz_config() -> GveConfig {
 }
 
 /// Drive a probed, up device with an operation stream decoded from `data`,
-/// then check that reset + probe + up + one packet still works.
-pub fn admin_and_descriptors(data: &[u8]) {
+/// then check that reset + probe + up + one packet still works. Returns
+/// the device's counters from before that reset (what the input did).
+pub fn admin_and_descriptors(data: &[u8]) -> crate::NicStats {
     parsers(data);
     let (mut d, port) = FakeDriver::new(fuzz_config(), 4 << 20);
     let Ok((_wire, host)) = Wire::connect_host(port, WireOptions::default()) else {
-        return;
+        return crate::NicStats::default();
     };
     if d.probe().is_err() || d.up(2, true).is_err() {
         panic!("clean probe failed");
@@ -217,6 +218,7 @@ pub fn admin_and_descriptors(data: &[u8]) {
         }
     }
     poll_all(&[&d.handle]);
+    let stats = d.handle.stats();
     // Whatever happened, a reset brings the device back.
     d.tx.iter_mut().for_each(|t| *t = None);
     d.rx.iter_mut().for_each(|x| *x = None);
@@ -230,4 +232,5 @@ pub fn admin_and_descriptors(data: &[u8]) {
     let got = host.try_recv().expect("frame after reset");
     assert_eq!(&got[got.len() - 5..], b"alive");
     let _ = d.dev.config_read(0);
+    stats
 }

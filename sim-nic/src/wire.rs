@@ -208,12 +208,17 @@ impl WireDir {
         let now = Instant::now();
         for (f, delay) in copies {
             if let Some(p) = &self.pcap
-                && let Err(e) = lock(p).write_packet(SystemTime::now() + delay, &f)
+                && let Err(e) = lock(p).write_packet(
+                    SystemTime::now()
+                        .checked_add(delay)
+                        .unwrap_or_else(SystemTime::now),
+                    &f,
+                )
             {
                 tracing::warn!("pcap write failed: {e}");
             }
             AtomicFaultCounters::inc(&self.counters.delivered);
-            self.dst.enqueue(now + delay, f);
+            self.dst.enqueue(now.checked_add(delay).unwrap_or(now), f);
         }
         TxOutcome::Sent
     }
@@ -407,7 +412,10 @@ impl Wire {
                     .spawn(move || {
                         for w in windows {
                             for (at, up) in [(w.at_ms, false), (w.at_ms + w.duration_ms, true)] {
-                                let when = start + Duration::from_millis(at);
+                                let Some(when) = start.checked_add(Duration::from_millis(at))
+                                else {
+                                    return;
+                                };
                                 loop {
                                     if inner2.stop.load(Ordering::SeqCst) {
                                         return;

@@ -6,6 +6,7 @@ use sim_nic::faults::SplitMix64;
 #[test]
 fn fuzz_entry_point_smoke() {
     let mut rng = SplitMix64::new(0x5eed);
+    let mut total = sim_nic::NicStats::default();
     for i in 0..3000 {
         let len = rng.below(600) as usize;
         let mut data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
@@ -17,6 +18,20 @@ fn fuzz_entry_point_smoke() {
                 }
             }
         }
-        sim_nic::fuzz::admin_and_descriptors(&data);
+        let st = sim_nic::fuzz::admin_and_descriptors(&data);
+        total.aq_commands += st.aq_commands;
+        total.aq_errors += st.aq_errors;
+        total.tx_packets += st.tx_packets;
+        total.tx_bad_packets += st.tx_bad_packets;
+        total.rx_frames += st.rx_frames;
+        total.rx_errors += st.rx_errors;
+        total.refusals += st.refusals;
+        total.reset_requests += st.reset_requests;
     }
+    // The inputs reach every part of the device.
+    assert!(total.aq_errors > 100, "{total:?}");
+    assert!(total.tx_packets > 1000 && total.tx_bad_packets > 100, "{total:?}");
+    assert!(total.rx_frames > 100 && total.rx_errors > 0, "{total:?}");
+    assert!(total.refusals > 1000 && total.reset_requests > 0, "{total:?}");
+    eprintln!("{total:?}");
 }
