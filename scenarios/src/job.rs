@@ -17,6 +17,9 @@ pub struct MachineSpec {
     /// does not intercept the L2 guest's XSETBV; see vmm::arch::cpuid::hide_xsave).
     #[serde(default)]
     pub hide_xsave: bool,
+    /// sim-nics and their wires.
+    #[serde(default)]
+    pub topology: crate::topology::TopologySpec,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,6 +101,7 @@ mod tests {
                 mem_mib: 2048,
                 vcpus: 2,
                 hide_xsave: false,
+            topology: Default::default(),
             },
             boot_timeout_s: 120,
             verbose: false,

@@ -204,6 +204,7 @@ mod tests {
             mem_mib: 2048,
             vcpus: 2,
             hide_xsave: false,
+            topology: Default::default(),
         };
         let a = qemu_args(&m, Path::new("/s"), Path::new("/c"), None).join(" ");
         assert!(a.contains("-accel kvm -M q35 -cpu host -smp 2 -m 2048M"));

@@ -53,6 +53,7 @@ pub type Agent = netmem_agent::client::AgentClient<
 
 pub struct Booted {
     pub machine: Machine,
+    pub topology: Option<crate::topology::Topology>,
     pub agent: Agent,
     pub boot_to_agent: Duration,
 }
@@ -62,6 +63,13 @@ pub struct Booted {
 pub fn boot(job: &Job, sink: Arc<dyn EventSink>, t0: Instant) -> Result<Booted, RunFailure> {
     let hook_sink = sink.clone();
     let verbose = job.verbose;
+    let topo_spec = job.machine.topology.clone();
+    let (hook, pending) = if topo_spec.nics.is_empty() {
+        (None, None)
+    } else {
+        let (h, p) = crate::topology::machine_hook(&topo_spec);
+        (Some(h), Some(p))
+    };
     let cfg = MachineConfig {
         kernel: job.machine.kernel.clone(),
         initramfs: Some(job.machine.initramfs.clone()),
@@ -69,7 +77,7 @@ pub fn boot(job: &Job, sink: Arc<dyn EventSink>, t0: Instant) -> Result<Booted, 
         mem_mib: job.machine.mem_mib,
         vcpus: job.machine.vcpus,
         hide_xsave: job.machine.hide_xsave,
-        add_devices: None,
+        add_devices: hook,
         console_log: None,
         console_hook: Some(Box::new(move |l: &str| {
             if verbose {
@@ -84,6 +92,10 @@ pub fn boot(job: &Job, sink: Arc<dyn EventSink>, t0: Instant) -> Result<Booted, 
         message: format!("starting the VM: {}", error_chain(&e)),
         console_tail: vec![],
     })?;
+    let topology = match &pending {
+        Some(p) => Some(crate::topology::finish(&topo_spec, p).map_err(|e| RunFailure { message: format!("cabling the NICs: {e}"), console_tail: vec![] })?),
+        None => None,
+    };
     step(
         &*sink,
         t0,
@@ -150,6 +162,7 @@ pub fn boot(job: &Job, sink: Arc<dyn EventSink>, t0: Instant) -> Result<Booted, 
     );
     Ok(Booted {
         machine,
+        topology,
         agent,
         boot_to_agent,
     })
@@ -179,13 +192,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Power the guest off through its agent and wait for the machine to end.
 pub fn power_off(b: &mut Booted) -> ExitReason {
     let _ = b.agent.shutdown();
-    match b.machine.wait_exit(Duration::from_secs(30)) {
+    let r = match b.machine.wait_exit(Duration::from_secs(30)) {
         Some(r) => {
             b.machine.stop("job finished");
             r
         }
         None => b.machine.stop("guest did not power off within 30 s"),
+    };
+    // The vCPUs are stopped: quiesce the NICs' workers and flush the pcaps.
+    if let Some(t) = &b.topology {
+        t.shutdown();
     }
+    r
 }
 
 /// Run a job here, on this host's KVM.
@@ -325,6 +343,7 @@ fn run_boot(
         "exec": execs,
         "dma_probes": probes,
         "dma": b.machine.dma_report(),
+        "nics": b.topology.as_ref().map(|t| t.stats()),
         "kernel": {"spec": job.kernel_spec, "release": hello.release},
         "engine": engine,
         "verdict": if clean { "pass" } else { "error" },

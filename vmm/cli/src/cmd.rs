@@ -54,6 +54,9 @@ pub struct MachineArgs {
     /// Watchdog: seconds from VM start to the agent's ready signal.
     #[arg(long, default_value_t = 180)]
     pub boot_timeout: u64,
+    /// Number of sim-nics (gve), cabled in pairs back to back (nic0↔nic1, …).
+    #[arg(long, default_value_t = 0)]
+    pub nics: usize,
     /// Print the guest's serial console lines.
     #[arg(long)]
     pub console: bool,
@@ -250,6 +253,7 @@ fn prepare(m: &MachineArgs, command: JobCommand, sink: &dyn EventSink) -> Result
             mem_mib: m.mem,
             vcpus: m.vcpus,
             hide_xsave: false,
+            topology: scenarios::topology::TopologySpec::pairs(m.nics),
         },
         boot_timeout_s: m.boot_timeout,
         verbose: m.console,
