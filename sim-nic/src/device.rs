@@ -305,7 +305,7 @@ impl NicState {
             blocks: Vec::new(),
             tx: (0..q).map(|_| None).collect(),
             rx: (0..q).map(|_| None).collect(),
-            rss: RssConfig::default(),
+            rss: RssConfig::for_queues(cfg.num_queues),
             flows: FlowTable::default(),
             stats_report: None,
             stats_written: None,
@@ -458,7 +458,7 @@ impl Dev<'_> {
         st.blocks.clear();
         st.tx.iter_mut().for_each(|q| *q = None);
         st.rx.iter_mut().for_each(|q| *q = None);
-        st.rss = RssConfig::default();
+        st.rss = RssConfig::for_queues(self.sh.cfg.num_queues);
         st.flows = FlowTable::default();
         st.stats_report = None;
         st.stats_written = None;

@@ -62,6 +62,18 @@ impl Default for RssConfig {
 }
 
 impl RssConfig {
+    /// The device's power-on RSS state for `queues` RX queues: the default
+    /// key and the LUT `i % queues` (what ethtool's default indirection
+    /// is; only visible when the driver does not configure RSS itself,
+    /// i.e. with the RSS_CONFIG option).
+    pub fn for_queues(queues: u16) -> Self {
+        let q = u32::from(queues.max(1));
+        RssConfig {
+            lut: (0..u32::from(RSS_LUT_SIZE)).map(|i| i % q).collect(),
+            ..RssConfig::default()
+        }
+    }
+
     /// The hash reported in the RX completion and used for the LUT, or
     /// `None` when no enabled hash type covers the frame.
     pub fn hash(&self, k: &FlowKey) -> Option<u32> {

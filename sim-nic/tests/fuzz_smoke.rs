@@ -30,8 +30,14 @@ fn fuzz_entry_point_smoke() {
     }
     // The inputs reach every part of the device.
     assert!(total.aq_errors > 100, "{total:?}");
-    assert!(total.tx_packets > 1000 && total.tx_bad_packets > 100, "{total:?}");
+    assert!(
+        total.tx_packets > 1000 && total.tx_bad_packets > 100,
+        "{total:?}"
+    );
     assert!(total.rx_frames > 100 && total.rx_errors > 0, "{total:?}");
-    assert!(total.refusals > 1000 && total.reset_requests > 0, "{total:?}");
+    assert!(
+        total.refusals > 1000 && total.reset_requests > 0,
+        "{total:?}"
+    );
     eprintln!("{total:?}");
 }
