@@ -109,6 +109,7 @@ fn tcp_back_to_back_with_header_split() {
     frame[50] = 0xde;
     frame[51] = 0xad;
     a.sink.take();
+    b.mem.record();
     let (h, p) = frame.split_at(54);
     let tag = a.send(0, &[h, p], true, None);
     poll_all(&[&a.handle, &b.handle]);
@@ -138,6 +139,22 @@ fn tcp_back_to_back_with_header_split() {
     assert_eq!(pkt.header, good[..54]);
     assert_eq!(pkt.payload, payload);
     assert_eq!(pkt.frame(), good);
+    // devmem RX layout: the payload went to the posted data buffer, the
+    // headers to that buffer's header buffer, each with its own tag.
+    let r = b.rx[*q as usize].as_ref().unwrap();
+    let id = usize::from(c.buf_id);
+    let hdr_at = r.hdr_base + u64::from(r.hbs) * id as u64;
+    let rec = b.mem.recorded();
+    let w = |tag: &str| {
+        rec.iter()
+            .filter(|x| x.tag == tag)
+            .map(|x| (x.iova, x.len))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(w("rx-buf"), vec![(r.bufs[id], 1000)]);
+    assert_eq!(w("rx-hdr"), vec![(hdr_at, 54)]);
+    assert!(rec.iter().all(|x| x.access == vmm::dma::Access::Read
+        || ["rx-buf", "rx-hdr", "completion", "stats"].contains(&x.tag.as_str())));
     let st = b.handle.stats();
     assert_eq!((st.rx_frames, st.rx_hsplit), (1, 1));
     assert_eq!(a.handle.stats().tx_csum_offloads, 1);
