@@ -1,7 +1,12 @@
 //! Jobs, their runners on each engine, the event stream and the reports.
 
 pub mod events;
+pub mod guest_tools;
 pub mod job;
 pub mod nested;
 pub mod qemu;
+pub mod report;
 pub mod run;
+pub mod scenario;
+pub mod steps;
+pub mod topology;

@@ -1,0 +1,646 @@
+//! The scenario model: a TOML file (`scenarios/catalog/*.toml`, embedded in
+//! the binary, or any file given with `--file`).
+//!
+//! ```toml
+//! name = "nic-smoke"
+//! description = "two sim-nics back to back: addresses, ping, 64 MiB TCP"
+//! kernels = ["patched", "baseline"]     # where it applies (empty: everywhere)
+//!
+//! [[topology.nic]]
+//! name = "nic0"
+//! [[topology.nic]]
+//! name = "nic1"
+//! [[topology.wire]]
+//! a = "nic0"
+//! b = "nic1"
+//!
+//! [[step]]
+//! name = "remote netns"
+//! kind = "netns-setup"                  # sh | netns-setup | ping | tcp-transfer
+//! nic = "nic1"
+//! netns = "remote"
+//! addrs = ["10.0.0.2/24", "fd00::2/64"]
+//!
+//! [expect.patched]
+//! verdict = "pass"                      # or "expected-fail"
+//! [expect.baseline]
+//! verdict = "expected-fail"
+//! steps."bind tx" = { ok = false, errno = "EOPNOTSUPP", extack = "No DMA-capable" }
+//! ```
+//!
+//! NICs are named logically (`nic0`, …); the runner maps them to PCI
+//! addresses (from the machine) and, in the guest, to netdev names. In step
+//! strings (`script`, `argv`, `to`), `{nic0}` expands to nic0's netdev name.
+//! Steps not listed under `expect.<kernel>.steps` are expected to succeed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The embedded catalog: (name, TOML text).
+pub const CATALOG: &[(&str, &str)] = &[("nic-smoke", include_str!("../catalog/nic-smoke.toml"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{origin}: {source}")]
+    Toml {
+        origin: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no scenario {0:?} in the catalog (see `netmem-lab list`)")]
+    Unknown(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Kernel ids this scenario applies to (empty: all).
+    #[serde(default)]
+    pub kernels: Vec<String>,
+    #[serde(default)]
+    pub topology: Topology,
+    #[serde(default, rename = "step")]
+    pub steps: Vec<Step>,
+    /// Per kernel id (`patched`, `baseline`; `default` for any other kernel).
+    #[serde(default)]
+    pub expect: BTreeMap<String, Expectation>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default, rename = "nic")]
+    pub nics: Vec<Nic>,
+    #[serde(default, rename = "wire")]
+    pub wires: Vec<Wire>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    /// Logical name (`nic0`).
+    pub name: String,
+    /// Queue pairs the device offers (device default if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wire {
+    pub a: String,
+    pub b: String,
+    /// Wire faults (model to come; kept as given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<serde_json::Value>,
+}
+
+/// One step: a name, a kind with its parameters, and a timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    /// Seconds before the step is killed (default per kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    #[serde(flatten)]
+    pub kind: StepKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StepKind {
+    /// A command in the guest: `script` (run by `sh -c`) or `argv`.
+    Sh {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        script: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        argv: Option<Vec<String>>,
+        /// Run inside this netns (default: the initial one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<String>,
+        /// Exit status that counts as success.
+        #[serde(default)]
+        expect_exit: i32,
+    },
+    /// Move a NIC into a netns (created if needed), add addresses, link up.
+    NetnsSetup {
+        nic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<String>,
+        #[serde(default)]
+        addrs: Vec<String>,
+        /// IPv6 addresses without duplicate address detection.
+        #[serde(default = "yes")]
+        nodad: bool,
+        #[serde(default = "yes")]
+        up: bool,
+    },
+    /// Ping `to` from `netns`.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<String>,
+        to: String,
+        #[serde(default = "three")]
+        count: u32,
+    },
+    /// A verified TCP transfer with the guest tools (sink first, then source).
+    TcpTransfer {
+        /// Sender's netns (default: the initial one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_netns: Option<String>,
+        /// Receiver's netns.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_netns: Option<String>,
+        /// Receiver's address (the sink listens on it).
+        to: String,
+        #[serde(default = "default_port")]
+        port: u16,
+        bytes: u64,
+        #[serde(default = "one")]
+        seed: u64,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+fn three() -> u32 {
+    3
+}
+fn one() -> u64 {
+    1
+}
+fn default_port() -> u16 {
+    5201
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Sh { .. } => "sh",
+            StepKind::NetnsSetup { .. } => "netns-setup",
+            StepKind::Ping { .. } => "ping",
+            StepKind::TcpTransfer { .. } => "tcp-transfer",
+        }
+    }
+    pub fn default_timeout_s(&self) -> u64 {
+        match self {
+            StepKind::TcpTransfer { .. } => 300,
+            _ => 60,
+        }
+    }
+}
+
+/// What a kernel is expected to do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    #[serde(default)]
+    pub verdict: ExpectedVerdict,
+    /// Per step name; steps not listed are expected to succeed.
+    #[serde(default)]
+    pub steps: BTreeMap<String, StepExpect>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpectedVerdict {
+    #[default]
+    Pass,
+    ExpectedFail,
+}
+
+/// The expected outcome of one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepExpect {
+    #[serde(default = "yes")]
+    pub ok: bool,
+    /// errno, as a number or a name (`"EOPNOTSUPP"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<Errno>,
+    /// A substring of the kernel's extack message (or the step's detail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extack: Option<String>,
+}
+
+impl Default for StepExpect {
+    fn default() -> Self {
+        StepExpect {
+            ok: true,
+            errno: None,
+            extack: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Errno {
+    Num(i32),
+    Name(String),
+}
+
+/// errno names the scenarios use.
+pub const ERRNO_NAMES: &[(&str, i32)] = &[
+    ("EPERM", libc::EPERM),
+    ("ENOENT", libc::ENOENT),
+    ("EIO", libc::EIO),
+    ("EBADF", libc::EBADF),
+    ("EAGAIN", libc::EAGAIN),
+    ("ENOMEM", libc::ENOMEM),
+    ("EACCES", libc::EACCES),
+    ("EFAULT", libc::EFAULT),
+    ("EBUSY", libc::EBUSY),
+    ("EEXIST", libc::EEXIST),
+    ("ENODEV", libc::ENODEV),
+    ("EINVAL", libc::EINVAL),
+    ("ENOSPC", libc::ENOSPC),
+    ("ERANGE", libc::ERANGE),
+    ("EMSGSIZE", libc::EMSGSIZE),
+    ("EPROTONOSUPPORT", libc::EPROTONOSUPPORT),
+    ("EOPNOTSUPP", libc::EOPNOTSUPP),
+    ("ENETDOWN", libc::ENETDOWN),
+    ("ENETUNREACH", libc::ENETUNREACH),
+    ("ECONNRESET", libc::ECONNRESET),
+    ("ENOBUFS", libc::ENOBUFS),
+    ("ETIMEDOUT", libc::ETIMEDOUT),
+    ("ECONNREFUSED", libc::ECONNREFUSED),
+    ("EHOSTUNREACH", libc::EHOSTUNREACH),
+    ("ENOTSUP", libc::ENOTSUP),
+];
+
+impl Errno {
+    pub fn value(&self) -> Option<i32> {
+        match self {
+            Errno::Num(n) => Some(*n),
+            Errno::Name(s) => ERRNO_NAMES
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(s))
+                .map(|(_, v)| *v),
+        }
+    }
+}
+
+impl Scenario {
+    /// Parses and validates a scenario; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Toml {
+            origin: origin.into(),
+            source: Box::new(e),
+        })?;
+        s.validate().map_err(|message| ScenarioError::Invalid {
+            origin: origin.into(),
+            message,
+        })?;
+        Ok(s)
+    }
+
+    /// A catalog scenario by name.
+    pub fn builtin(name: &str) -> Result<Scenario, ScenarioError> {
+        let (n, text) = CATALOG
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| ScenarioError::Unknown(name.into()))?;
+        Scenario::parse(text, &format!("catalog/{n}.toml"))
+    }
+
+    /// A scenario file (`--file PATH`).
+    pub fn from_file(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Scenario::parse(&text, &path.display().to_string())
+    }
+
+    /// Every catalog scenario (for `netmem-lab list` and `matrix`).
+    pub fn catalog() -> Vec<Result<Scenario, ScenarioError>> {
+        CATALOG.iter().map(|(n, _)| Scenario::builtin(n)).collect()
+    }
+
+    pub fn applies_to(&self, kernel_id: &str) -> bool {
+        self.kernels.is_empty() || self.kernels.iter().any(|k| k == kernel_id)
+    }
+
+    /// The expectation for a kernel id: its own, else `default`, else "all steps pass".
+    pub fn expectation(&self, kernel_id: &str) -> Expectation {
+        self.expect
+            .get(kernel_id)
+            .or_else(|| self.expect.get("default"))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The logical NIC names of the topology.
+    pub fn nic_names(&self) -> Vec<String> {
+        self.topology.nics.iter().map(|n| n.name.clone()).collect()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("empty name".into());
+        }
+        let mut nics = BTreeSet::new();
+        for n in &self.topology.nics {
+            if n.name.is_empty()
+                || !n
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(format!("bad NIC name {:?}", n.name));
+            }
+            if !nics.insert(n.name.as_str()) {
+                return Err(format!("NIC {:?} declared twice", n.name));
+            }
+        }
+        let mut cabled = BTreeSet::new();
+        for w in &self.topology.wires {
+            for end in [&w.a, &w.b] {
+                if !nics.contains(end.as_str()) {
+                    return Err(format!("wire end {end:?} is not a NIC of the topology"));
+                }
+                if !cabled.insert(end.as_str()) {
+                    return Err(format!("NIC {end:?} is on two wires"));
+                }
+            }
+            if w.a == w.b {
+                return Err(format!("wire from {:?} to itself", w.a));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for s in &self.steps {
+            if s.name.is_empty() {
+                return Err("a step without a name".into());
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(format!("two steps named {:?}", s.name));
+            }
+            let ctx = |m: String| format!("step {:?}: {m}", s.name);
+            match &s.kind {
+                StepKind::Sh { script, argv, .. } => {
+                    if script.is_some() == argv.is_some() {
+                        return Err(ctx("give exactly one of `script` and `argv`".into()));
+                    }
+                    if argv.as_ref().is_some_and(|a| a.is_empty()) {
+                        return Err(ctx("empty argv".into()));
+                    }
+                }
+                StepKind::NetnsSetup { nic, addrs, .. } => {
+                    if !nics.contains(nic.as_str()) {
+                        return Err(ctx(format!("{nic:?} is not a NIC of the topology")));
+                    }
+                    for a in addrs {
+                        crate::guest_tools::parse_cidr(a).map_err(ctx)?;
+                    }
+                }
+                StepKind::Ping { to, count, .. } => {
+                    if *count == 0 {
+                        return Err(ctx("count 0".into()));
+                    }
+                    if !to.contains('{') {
+                        to.parse::<std::net::IpAddr>()
+                            .map_err(|e| ctx(format!("to {to:?}: {e}")))?;
+                    }
+                }
+                StepKind::TcpTransfer { to, bytes, .. } => {
+                    to.parse::<std::net::IpAddr>()
+                        .map_err(|e| ctx(format!("to {to:?}: {e}")))?;
+                    if *bytes == 0 {
+                        return Err(ctx("bytes 0".into()));
+                    }
+                }
+            }
+            for ns in step_netns(&s.kind) {
+                if ns.is_empty() || ns.contains('/') || ns.contains(char::is_whitespace) {
+                    return Err(ctx(format!("bad netns name {ns:?}")));
+                }
+            }
+        }
+        for (k, e) in &self.expect {
+            if k != "default" && !self.kernels.is_empty() && !self.kernels.contains(k) {
+                return Err(format!(
+                    "expectation for kernel {k:?}, which is not in `kernels`"
+                ));
+            }
+            for (step, se) in &e.steps {
+                if !names.contains(step.as_str()) {
+                    return Err(format!("expect.{k}: no step named {step:?}"));
+                }
+                if let Some(er) = &se.errno
+                    && er.value().is_none()
+                {
+                    return Err(format!("expect.{k}.steps.{step:?}: unknown errno {er:?}"));
+                }
+                if se.ok && (se.errno.is_some() || se.extack.is_some()) {
+                    return Err(format!(
+                        "expect.{k}.steps.{step:?}: errno/extack only make sense with ok = false"
+                    ));
+                }
+            }
+            if e.verdict == ExpectedVerdict::ExpectedFail && e.steps.values().all(|s| s.ok) {
+                return Err(format!(
+                    "expect.{k}: verdict expected-fail but no step is expected to fail"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn step_netns(k: &StepKind) -> Vec<&str> {
+    match k {
+        StepKind::Sh { netns, .. }
+        | StepKind::NetnsSetup { netns, .. }
+        | StepKind::Ping { netns, .. } => netns.iter().map(|s| s.as_str()).collect(),
+        StepKind::TcpTransfer {
+            from_netns,
+            to_netns,
+            ..
+        } => from_netns
+            .iter()
+            .chain(to_netns.iter())
+            .map(|s| s.as_str())
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_parses_and_validates() {
+        assert!(!CATALOG.is_empty());
+        for s in Scenario::catalog() {
+            let s = s.unwrap();
+            assert!(!s.steps.is_empty(), "{}", s.name);
+            assert!(!s.description.is_empty(), "{}", s.name);
+        }
+        let mut names: Vec<_> = CATALOG.iter().map(|(n, _)| *n).collect();
+        names.dedup();
+        assert_eq!(names.len(), CATALOG.len());
+        for (n, _) in CATALOG {
+            assert_eq!(
+                Scenario::builtin(n).unwrap().name,
+                *n,
+                "file name = scenario name"
+            );
+        }
+        assert!(matches!(
+            Scenario::builtin("nope"),
+            Err(ScenarioError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn nic_smoke_shape() {
+        let s = Scenario::builtin("nic-smoke").unwrap();
+        assert_eq!(s.nic_names(), ["nic0", "nic1"]);
+        assert_eq!(s.topology.wires.len(), 1);
+        assert!(s.applies_to("patched") && s.applies_to("baseline"));
+        for k in ["patched", "baseline"] {
+            assert_eq!(s.expectation(k).verdict, ExpectedVerdict::Pass);
+        }
+        let tcp = s
+            .steps
+            .iter()
+            .find_map(|st| match &st.kind {
+                StepKind::TcpTransfer {
+                    bytes, to_netns, ..
+                } => Some((*bytes, to_netns.clone())),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(tcp, (64 << 20, Some("remote".into())));
+        let pings = s
+            .steps
+            .iter()
+            .filter(|st| matches!(st.kind, StepKind::Ping { .. }))
+            .count();
+        assert_eq!(pings, 4);
+    }
+
+    const BASE: &str = r#"
+name = "t"
+kernels = ["patched", "baseline"]
+[[topology.nic]]
+name = "nic0"
+[[topology.nic]]
+name = "nic1"
+[[topology.wire]]
+a = "nic0"
+b = "nic1"
+[[step]]
+name = "a"
+kind = "sh"
+script = "true"
+"#;
+
+    fn parse_err(extra: &str) -> String {
+        Scenario::parse(&format!("{BASE}{extra}"), "t.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn expectations_and_errnos() {
+        let s = Scenario::parse(
+            &format!(
+                "{BASE}\n[expect.baseline]\nverdict = \"expected-fail\"\nsteps.a = {{ ok = false, errno = \"EOPNOTSUPP\", extack = \"No DMA\" }}\n[expect.patched.steps.a]\nok = true\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let e = s.expectation("baseline");
+        assert_eq!(e.verdict, ExpectedVerdict::ExpectedFail);
+        assert_eq!(
+            e.steps["a"].errno.as_ref().unwrap().value(),
+            Some(libc::EOPNOTSUPP)
+        );
+        assert!(s.expectation("patched").steps["a"].ok);
+        // Unknown kernels fall back to "all pass".
+        assert_eq!(
+            s.expectation("/boot/vmlinuz").verdict,
+            ExpectedVerdict::Pass
+        );
+        assert_eq!(Errno::Num(95).value(), Some(95));
+    }
+
+    #[test]
+    fn rejects_mistakes() {
+        for (extra, want) in [
+            (
+                "[[step]]\nname = \"a\"\nkind = \"sh\"\nscript = \"x\"\n",
+                "two steps named",
+            ),
+            ("[[step]]\nname = \"b\"\nkind = \"sh\"\n", "exactly one of"),
+            (
+                "[[step]]\nname = \"b\"\nkind = \"sh\"\nscript = \"x\"\nbogus = 1\n",
+                "unknown field",
+            ),
+            ("[[step]]\nname = \"b\"\nkind = \"teleport\"\n", "teleport"),
+            (
+                "[[step]]\nname = \"b\"\nkind = \"netns-setup\"\nnic = \"nic9\"\n",
+                "not a NIC",
+            ),
+            (
+                "[[step]]\nname = \"b\"\nkind = \"netns-setup\"\nnic = \"nic0\"\naddrs = [\"10.0.0.1/40\"]\n",
+                "prefix",
+            ),
+            (
+                "[[step]]\nname = \"b\"\nkind = \"ping\"\nto = \"not-an-ip\"\n",
+                "not-an-ip",
+            ),
+            (
+                "[[step]]\nname = \"b\"\nkind = \"tcp-transfer\"\nto = \"10.0.0.2\"\nbytes = 0\n",
+                "bytes 0",
+            ),
+            (
+                "[[topology.wire]]\na = \"nic9\"\nb = \"nic1\"\n",
+                "not a NIC",
+            ),
+            ("[expect.patched.steps.zz]\nok = false\n", "no step named"),
+            ("[expect.other]\nverdict = \"pass\"\n", "not in `kernels`"),
+            (
+                "[expect.patched]\nverdict = \"expected-fail\"\n",
+                "no step is expected to fail",
+            ),
+            (
+                "[expect.patched.steps.a]\nok = false\nerrno = \"EWHAT\"\n",
+                "unknown errno",
+            ),
+            ("[expect.patched.steps.a]\nerrno = 95\n", "only make sense"),
+            ("colour = \"red\"\n", "unknown field"),
+        ] {
+            let e = parse_err(extra);
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn file_loading() {
+        let d = std::env::temp_dir().join(format!("netmem-scn-{}.toml", std::process::id()));
+        std::fs::write(&d, BASE).unwrap();
+        assert_eq!(Scenario::from_file(&d).unwrap().name, "t");
+        let _ = std::fs::remove_file(&d);
+        assert!(matches!(
+            Scenario::from_file(Path::new("/nonexistent/x.toml")),
+            Err(ScenarioError::Io { .. })
+        ));
+    }
+}

@@ -1,0 +1,1289 @@
+//! The step runner: executes a scenario's steps in the guest through a
+//! [`GuestExec`] (the agent, or a fake in tests), checks each outcome
+//! against the kernel's expectation and decides the verdict.
+//!
+//! Background work (the TCP sink) needs no agent support: `tcp-sink
+//! --detach` returns only once its socket listens, then finishes in the
+//! background and writes its result file atomically; the runner starts the
+//! source right after and collects that file.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use netmem_agent::protocol::RunOutput;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::events::{Event, EventSink};
+use crate::guest_tools::{SinkReport, SourceReport};
+use crate::scenario::{ExpectedVerdict, Scenario, Step, StepExpect, StepKind};
+
+/// Runs programs in the guest. `Err` means the lab could not run it (agent
+/// channel down, spawn failure): the verdict becomes `error`.
+pub trait GuestExec {
+    fn run(&mut self, argv: &[String], timeout: Duration) -> Result<RunOutput, String>;
+}
+
+impl<R: std::io::Read + Send + 'static, W: std::io::Write> GuestExec
+    for netmem_agent::client::AgentClient<R, W>
+{
+    fn run(&mut self, argv: &[String], timeout: Duration) -> Result<RunOutput, String> {
+        let spec = netmem_agent::client::RunSpec {
+            argv: argv.to_vec(),
+            timeout: Some(timeout),
+            ..Default::default()
+        };
+        self.run_with(spec).map_err(|e| e.to_string())
+    }
+}
+
+/// The verdict of a run (ARCHITECTURE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Every step as expected; the kernel was expected to pass.
+    Pass,
+    /// An outcome differs from the expectation (a finding).
+    Fail,
+    /// Every step as expected; the kernel was expected to fail this way.
+    ExpectedFail,
+    /// The lab could not run the scenario.
+    Error,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::ExpectedFail => "expected-fail",
+            Verdict::Error => "error",
+        }
+    }
+    /// 0 as expected, 1 a finding, 2 the lab could not run.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Verdict::Pass | Verdict::ExpectedFail => crate::run::EXIT_OK,
+            Verdict::Fail => crate::run::EXIT_FINDING,
+            Verdict::Error => crate::run::EXIT_LAB_ERROR,
+        }
+    }
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub name: String,
+    pub kind: String,
+    /// The step itself succeeded (exit status, replies, verified bytes).
+    pub ok: bool,
+    pub detail: String,
+    /// errno the step reported (tools print `"errno"` in their JSON).
+    pub errno: Option<i32>,
+    /// The kernel's extack message, if the step reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extack: Option<String>,
+    pub duration_ms: u64,
+    /// Whatever the step measured (tool JSON, ping counts, …).
+    pub data: Value,
+    /// Matched the kernel's expectation (false for skipped steps).
+    pub as_expected: bool,
+    /// Not run: an earlier step went wrong.
+    #[serde(default)]
+    pub skipped: bool,
+}
+
+/// A NIC as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicBinding {
+    pub bdf: String,
+    pub ifname: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    pub sent_bytes: u64,
+    pub verified_bytes: u64,
+}
+
+/// Everything the runner found out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioOutcome {
+    pub scenario: String,
+    pub kernel_id: String,
+    pub verdict: Verdict,
+    pub steps: Vec<StepResult>,
+    /// Logical NIC name → its PCI address and netdev name.
+    pub nics: BTreeMap<String, NicBinding>,
+    /// Outcomes that differ from the expectation, one line each.
+    pub mismatches: Vec<String>,
+    /// Why the lab could not run the scenario (verdict `error`).
+    pub error: Option<String>,
+    pub payload: Payload,
+    pub duration_ms: u64,
+}
+
+/// Knobs of the runner.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The `netmem-lab` binary in the guest (the agent itself).
+    pub tool: String,
+    /// Guest directory for result files.
+    pub scratch: String,
+    /// How long NICs may take to show up as netdevs (driver probe).
+    pub nic_wait: Duration,
+    /// How long `netns-setup` waits for carrier and usable IPv6 addresses.
+    pub link_wait_s: u64,
+    /// Poll interval while waiting for netdevs and result files.
+    pub poll: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            tool: images::initramfs::AGENT_GUEST_PATH.into(),
+            scratch: "/tmp".into(),
+            nic_wait: Duration::from_secs(20),
+            link_wait_s: 10,
+            poll: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Runs `scn` for kernel `kernel_id`. `nic_map` maps the topology's logical
+/// NIC names to PCI addresses (`nic0` → `0000:00:04.0`).
+pub fn run_scenario_steps(
+    scn: &Scenario,
+    kernel_id: &str,
+    nic_map: &BTreeMap<String, String>,
+    exec: &mut impl GuestExec,
+    sink: &dyn EventSink,
+) -> ScenarioOutcome {
+    run_scenario_steps_with(
+        &RunnerConfig::default(),
+        scn,
+        kernel_id,
+        nic_map,
+        exec,
+        sink,
+    )
+}
+
+struct Ctx<'a, E: GuestExec> {
+    cfg: &'a RunnerConfig,
+    exec: &'a mut E,
+    nics: BTreeMap<String, NicBinding>,
+}
+
+/// A lab failure inside a step (the guest could not be driven).
+struct LabError(String);
+
+pub fn run_scenario_steps_with(
+    cfg: &RunnerConfig,
+    scn: &Scenario,
+    kernel_id: &str,
+    nic_map: &BTreeMap<String, String>,
+    exec: &mut impl GuestExec,
+    sink: &dyn EventSink,
+) -> ScenarioOutcome {
+    let t0 = Instant::now();
+    let mut out = ScenarioOutcome {
+        scenario: scn.name.clone(),
+        kernel_id: kernel_id.into(),
+        verdict: Verdict::Error,
+        steps: Vec::new(),
+        nics: BTreeMap::new(),
+        mismatches: Vec::new(),
+        error: None,
+        payload: Payload::default(),
+        duration_ms: 0,
+    };
+    let emit = |name: String, detail: String| {
+        sink.emit(Event::Step {
+            name,
+            elapsed_ms: t0.elapsed().as_millis() as u64,
+            detail,
+        })
+    };
+    let finish = |mut out: ScenarioOutcome, err: Option<String>| {
+        if let Some(e) = err {
+            out.error = Some(e);
+            out.verdict = Verdict::Error;
+        }
+        out.duration_ms = t0.elapsed().as_millis() as u64;
+        out
+    };
+    if !scn.applies_to(kernel_id) {
+        return finish(
+            out,
+            Some(format!(
+                "scenario {} does not apply to kernel {kernel_id:?} (it names {:?})",
+                scn.name, scn.kernels
+            )),
+        );
+    }
+    let mut ctx = Ctx {
+        cfg,
+        exec,
+        nics: BTreeMap::new(),
+    };
+    match resolve_nics(&mut ctx, scn, nic_map) {
+        Ok(n) => {
+            emit(
+                "NICs found".into(),
+                n.iter()
+                    .map(|(k, v)| format!("{k}={} ({})", v.ifname, v.bdf))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            ctx.nics = n;
+            out.nics = ctx.nics.clone();
+        }
+        Err(LabError(e)) => return finish(out, Some(e)),
+    }
+    let expect = scn.expectation(kernel_id);
+    let mut stop: Option<String> = None;
+    for (i, step) in scn.steps.iter().enumerate() {
+        if let Some(why) = &stop {
+            out.steps.push(StepResult {
+                name: step.name.clone(),
+                kind: step.kind.name().into(),
+                ok: false,
+                detail: format!("skipped: {why}"),
+                errno: None,
+                extack: None,
+                duration_ms: 0,
+                data: Value::Null,
+                as_expected: false,
+                skipped: true,
+            });
+            continue;
+        }
+        let st = Instant::now();
+        let r = run_step(&mut ctx, i, step);
+        let mut r = match r {
+            Ok(r) => r,
+            Err(LabError(e)) => {
+                emit(format!("step {}", step.name), format!("LAB ERROR: {e}"));
+                out.steps.push(StepResult {
+                    name: step.name.clone(),
+                    kind: step.kind.name().into(),
+                    ok: false,
+                    detail: e.clone(),
+                    errno: None,
+                    extack: None,
+                    duration_ms: st.elapsed().as_millis() as u64,
+                    data: Value::Null,
+                    as_expected: false,
+                    skipped: false,
+                });
+                let e = format!("step {:?}: {e}", step.name);
+                stop = Some("the lab failed".into());
+                out.error = Some(e);
+                continue;
+            }
+        };
+        r.duration_ms = st.elapsed().as_millis() as u64;
+        let se = expect.steps.get(&step.name).cloned().unwrap_or_default();
+        match check(&se, &r) {
+            Ok(()) => r.as_expected = true,
+            Err(m) => {
+                out.mismatches.push(format!("{}: {m}", step.name));
+                stop = Some(format!("step {:?} not as expected", step.name));
+            }
+        }
+        if let Some(p) = r.data.get("payload") {
+            out.payload.sent_bytes += p["sent_bytes"].as_u64().unwrap_or(0);
+            out.payload.verified_bytes += p["verified_bytes"].as_u64().unwrap_or(0);
+        }
+        emit(
+            format!("step {}", step.name),
+            format!(
+                "{}{} ({} ms){}",
+                if r.ok { "ok" } else { "FAILED" },
+                if r.as_expected {
+                    ""
+                } else {
+                    " — NOT AS EXPECTED"
+                },
+                r.duration_ms,
+                if r.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.detail)
+                }
+            ),
+        );
+        out.steps.push(r);
+    }
+    if out.error.is_some() {
+        let e = out.error.take();
+        return finish(out, e);
+    }
+    out.verdict = if !out.mismatches.is_empty() {
+        Verdict::Fail
+    } else {
+        match expect.verdict {
+            ExpectedVerdict::Pass => Verdict::Pass,
+            ExpectedVerdict::ExpectedFail => Verdict::ExpectedFail,
+        }
+    };
+    finish(out, None)
+}
+
+/// Compares a step's outcome with its expectation.
+pub fn check(se: &StepExpect, r: &StepResult) -> Result<(), String> {
+    if r.ok != se.ok {
+        return Err(if se.ok {
+            format!("expected success, got failure: {}", r.detail)
+        } else {
+            "expected a failure, but it succeeded".to_string()
+        });
+    }
+    if let Some(e) = &se.errno {
+        let want = e.value();
+        if r.errno != want {
+            return Err(format!(
+                "expected errno {e:?} ({want:?}), got {:?}: {}",
+                r.errno, r.detail
+            ));
+        }
+    }
+    if let Some(x) = &se.extack {
+        let hay = r.extack.as_deref().unwrap_or(&r.detail);
+        if !hay.contains(x.as_str()) {
+            return Err(format!("expected extack containing {x:?}, got {hay:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn resolve_nics<E: GuestExec>(
+    ctx: &mut Ctx<'_, E>,
+    scn: &Scenario,
+    nic_map: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, NicBinding>, LabError> {
+    let mut want = BTreeMap::new();
+    for n in scn.nic_names() {
+        let bdf = nic_map.get(&n).ok_or_else(|| {
+            LabError(format!(
+                "the machine has no PCI address for {n} (it has {:?})",
+                nic_map.keys().collect::<Vec<_>>()
+            ))
+        })?;
+        if !bdf
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return Err(LabError(format!("bad PCI address {bdf:?} for {n}")));
+        }
+        want.insert(n, bdf.clone());
+    }
+    if want.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let script = format!(
+        "for d in {}; do for n in /sys/bus/pci/devices/$d/net/*; do [ -e \"$n\" ] && echo \"$d ${{n##*/}}\"; done; done; true",
+        want.values().cloned().collect::<Vec<_>>().join(" ")
+    );
+    let argv = sh(&script);
+    let deadline = Instant::now() + ctx.cfg.nic_wait;
+    loop {
+        let o = ctx
+            .exec
+            .run(&argv, Duration::from_secs(10))
+            .map_err(|e| LabError(format!("listing netdevs: {e}")))?;
+        let found: BTreeMap<&str, &str> =
+            o.stdout.lines().filter_map(|l| l.split_once(' ')).collect();
+        if want.values().all(|b| found.contains_key(b.as_str())) {
+            return Ok(want
+                .iter()
+                .map(|(n, b)| {
+                    (
+                        n.clone(),
+                        NicBinding {
+                            bdf: b.clone(),
+                            ifname: found[b.as_str()].to_string(),
+                        },
+                    )
+                })
+                .collect());
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<String> = want
+                .iter()
+                .filter(|(_, b)| !found.contains_key(b.as_str()))
+                .map(|(n, b)| format!("{n} ({b})"))
+                .collect();
+            return Err(LabError(format!(
+                "no netdev for {} after {} s (is gve bound? see the console)",
+                missing.join(", "),
+                ctx.cfg.nic_wait.as_secs()
+            )));
+        }
+        std::thread::sleep(ctx.cfg.poll.max(Duration::from_millis(50)));
+    }
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), script.into()]
+}
+
+/// Replaces `{nicN}` with the NIC's netdev name.
+fn expand(s: &str, nics: &BTreeMap<String, NicBinding>) -> String {
+    let mut s = s.to_string();
+    for (n, b) in nics {
+        s = s.replace(&format!("{{{n}}}"), &b.ifname);
+    }
+    s
+}
+
+/// `argv` run inside `netns` (through the tool's `netns-exec`).
+fn in_netns(tool: &str, netns: &Option<String>, argv: Vec<String>) -> Vec<String> {
+    match netns {
+        None => argv,
+        Some(ns) => {
+            let mut v = vec![tool.to_string(), "netns-exec".into(), ns.clone()];
+            v.extend(argv);
+            v
+        }
+    }
+}
+
+/// The last line of `stdout` that is a JSON object (the tools' result line).
+pub fn tool_json(stdout: &str) -> Option<Value> {
+    stdout
+        .lines()
+        .rev()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.is_object())
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+}
+
+fn base_result(step: &Step) -> StepResult {
+    StepResult {
+        name: step.name.clone(),
+        kind: step.kind.name().into(),
+        ok: false,
+        detail: String::new(),
+        errno: None,
+        extack: None,
+        duration_ms: 0,
+        data: Value::Null,
+        as_expected: false,
+        skipped: false,
+    }
+}
+
+fn exit_desc(o: &RunOutput) -> String {
+    if o.timed_out {
+        format!("timed out after {} ms", o.duration_ms)
+    } else if let Some(c) = o.exit_code {
+        format!("exit {c}")
+    } else if let Some(s) = o.signal {
+        format!("killed by signal {s}")
+    } else {
+        "no exit status".into()
+    }
+}
+
+fn run_step<E: GuestExec>(
+    ctx: &mut Ctx<'_, E>,
+    index: usize,
+    step: &Step,
+) -> Result<StepResult, LabError> {
+    let timeout = Duration::from_secs(step.timeout_s.unwrap_or(step.kind.default_timeout_s()));
+    let tool = ctx.cfg.tool.clone();
+    let mut r = base_result(step);
+    match &step.kind {
+        StepKind::Sh {
+            script,
+            argv,
+            netns,
+            expect_exit,
+        } => {
+            let cmd = match (script, argv) {
+                (Some(s), _) => sh(&expand(s, &ctx.nics)),
+                (None, Some(a)) => a.iter().map(|x| expand(x, &ctx.nics)).collect(),
+                (None, None) => return Err(LabError("sh step without script or argv".into())),
+            };
+            let o = ctx
+                .exec
+                .run(&in_netns(&tool, netns, cmd), timeout)
+                .map_err(LabError)?;
+            r.ok = !o.timed_out && o.exit_code == Some(*expect_exit);
+            let j = tool_json(&o.stdout);
+            if let Some(j) = &j {
+                r.errno = j.get("errno").and_then(Value::as_i64).map(|e| e as i32);
+                r.extack = j.get("extack").and_then(Value::as_str).map(String::from);
+            }
+            r.detail = if r.ok {
+                clip(last_line(&o.stdout), 200)
+            } else {
+                let why = last_line(&o.stderr);
+                let why = if why.is_empty() {
+                    last_line(&o.stdout)
+                } else {
+                    why
+                };
+                format!(
+                    "{} (expected exit {expect_exit}): {}",
+                    exit_desc(&o),
+                    clip(why, 300)
+                )
+            };
+            r.data = json!({
+                "exit_code": o.exit_code,
+                "signal": o.signal,
+                "timed_out": o.timed_out,
+                "stdout": clip(&o.stdout, 4096),
+                "stderr": clip(&o.stderr, 4096),
+                "result": j,
+            });
+        }
+        StepKind::NetnsSetup {
+            nic,
+            netns,
+            addrs,
+            nodad,
+            up,
+        } => {
+            let b = ctx
+                .nics
+                .get(nic)
+                .ok_or_else(|| LabError(format!("NIC {nic} was not resolved")))?;
+            let mut argv = vec![
+                tool.clone(),
+                "netns-setup".into(),
+                "--dev".into(),
+                b.ifname.clone(),
+            ];
+            if let Some(ns) = netns {
+                argv.extend(["--netns".into(), ns.clone()]);
+            }
+            for a in addrs {
+                argv.extend(["--addr".into(), a.clone()]);
+            }
+            if *nodad {
+                argv.push("--nodad".into());
+            }
+            if *up {
+                argv.extend([
+                    "--up".into(),
+                    "--wait-s".into(),
+                    ctx.cfg.link_wait_s.to_string(),
+                ]);
+            }
+            let o = ctx.exec.run(&argv, timeout).map_err(LabError)?;
+            let j = tool_json(&o.stdout);
+            r.ok = o.success();
+            r.detail = match (&j, r.ok) {
+                (Some(j), true) => {
+                    format!(
+                        "{} ({}) in {}: {}",
+                        b.ifname,
+                        nic,
+                        netns.as_deref().unwrap_or("the initial netns"),
+                        addrs.join(", ")
+                    ) + &j
+                        .get("wait_ms")
+                        .and_then(Value::as_u64)
+                        .map(|w| format!("; carrier after {w} ms"))
+                        .unwrap_or_default()
+                }
+                (Some(j), false) => j
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+                    .unwrap_or_else(|| exit_desc(&o)),
+                (None, _) => format!("{}: {}", exit_desc(&o), clip(last_line(&o.stderr), 300)),
+            };
+            r.data = j.unwrap_or(Value::Null);
+        }
+        StepKind::Ping { netns, to, count } => {
+            let to = expand(to, &ctx.nics);
+            let fam = if to.contains(':') { "-6" } else { "-4" };
+            let deadline = (*count as u64 + 5).min(timeout.as_secs().max(1));
+            let argv = in_netns(
+                &tool,
+                netns,
+                vec![
+                    "ping".into(),
+                    fam.into(),
+                    "-c".into(),
+                    count.to_string(),
+                    "-w".into(),
+                    deadline.to_string(),
+                    to.clone(),
+                ],
+            );
+            let o = ctx.exec.run(&argv, timeout).map_err(LabError)?;
+            let (tx, rx) = ping_counts(&o.stdout);
+            r.ok = o.success() && rx.unwrap_or(0) >= u64::from(*count);
+            r.detail = match (tx, rx) {
+                (Some(t), Some(x)) => format!("{to}: {x}/{t} replies"),
+                _ => format!(
+                    "{to}: {} {}",
+                    exit_desc(&o),
+                    clip(last_line(&o.stderr), 200)
+                ),
+            };
+            r.data = json!({
+                "to": to,
+                "transmitted": tx,
+                "received": rx,
+                "rtt": o.stdout.lines().find(|l| l.contains("min/avg/max")).map(str::trim),
+                "exit_code": o.exit_code,
+            });
+        }
+        StepKind::TcpTransfer {
+            from_netns,
+            to_netns,
+            to,
+            port,
+            bytes,
+            seed,
+        } => {
+            tcp_transfer(
+                ctx, index, &mut r, timeout, from_netns, to_netns, to, *port, *bytes, *seed,
+            )?;
+        }
+    }
+    Ok(r)
+}
+
+/// `N packets transmitted, M packets received` (busybox and iputils).
+pub fn ping_counts(out: &str) -> (Option<u64>, Option<u64>) {
+    for l in out.lines() {
+        if l.contains("transmitted") {
+            let nums: Vec<u64> = l.split([',', ' ']).filter_map(|w| w.parse().ok()).collect();
+            if nums.len() >= 2 {
+                return (Some(nums[0]), Some(nums[1]));
+            }
+        }
+    }
+    (None, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tcp_transfer<E: GuestExec>(
+    ctx: &mut Ctx<'_, E>,
+    index: usize,
+    r: &mut StepResult,
+    timeout: Duration,
+    from_netns: &Option<String>,
+    to_netns: &Option<String>,
+    to: &str,
+    port: u16,
+    bytes: u64,
+    seed: u64,
+) -> Result<(), LabError> {
+    let tool = ctx.cfg.tool.clone();
+    let ip: std::net::IpAddr = to
+        .parse()
+        .map_err(|e| LabError(format!("address {to:?}: {e}")))?;
+    let addr = std::net::SocketAddr::new(ip, port).to_string();
+    let out = format!("{}/netmem-tcp-sink-{index}.json", ctx.cfg.scratch);
+    let tsecs = timeout.as_secs().max(1).to_string();
+    let mut sink = vec![
+        tool.clone(),
+        "tcp-sink".into(),
+        "--listen".into(),
+        addr.clone(),
+        "--bytes".into(),
+        bytes.to_string(),
+        "--seed".into(),
+        seed.to_string(),
+        "--detach".into(),
+        "--out".into(),
+        out.clone(),
+        "--timeout-s".into(),
+        tsecs.clone(),
+    ];
+    if let Some(ns) = to_netns {
+        sink.extend(["--netns".into(), ns.clone()]);
+    }
+    let o = ctx
+        .exec
+        .run(&sink, Duration::from_secs(30))
+        .map_err(LabError)?;
+    let started = tool_json(&o.stdout);
+    let pid = started
+        .as_ref()
+        .and_then(|j| j.get("pid"))
+        .and_then(Value::as_i64);
+    if !o.success() || pid.is_none() {
+        r.ok = false;
+        r.detail = format!(
+            "sink did not start: {}",
+            started
+                .as_ref()
+                .and_then(|j| j.get("error"))
+                .and_then(Value::as_str)
+                .map(String::from)
+                .unwrap_or_else(|| format!("{} {}", exit_desc(&o), last_line(&o.stderr)))
+        );
+        r.data = json!({"sink_start": started});
+        return Ok(());
+    }
+    let mut src = vec![
+        tool.clone(),
+        "tcp-source".into(),
+        "--connect".into(),
+        addr.clone(),
+        "--bytes".into(),
+        bytes.to_string(),
+        "--seed".into(),
+        seed.to_string(),
+        "--timeout-s".into(),
+        tsecs,
+    ];
+    if let Some(ns) = from_netns {
+        src.extend(["--netns".into(), ns.clone()]);
+    }
+    let so = ctx
+        .exec
+        .run(&src, timeout + Duration::from_secs(10))
+        .map_err(LabError)?;
+    let source: Option<SourceReport> =
+        tool_json(&so.stdout).and_then(|j| serde_json::from_value(j).ok());
+    // Collect the sink's result: it finishes once it read the source's EOF.
+    let deadline = Instant::now()
+        + if source.as_ref().is_some_and(|s| s.error.is_none()) {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(2)
+        };
+    let cat = vec!["cat".to_string(), out.clone()];
+    let sink_r: Option<SinkReport> = loop {
+        let c = ctx
+            .exec
+            .run(&cat, Duration::from_secs(10))
+            .map_err(LabError)?;
+        if c.success()
+            && let Some(s) = tool_json(&c.stdout).and_then(|j| serde_json::from_value(j).ok())
+        {
+            break Some(s);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(ctx.cfg.poll);
+    };
+    if sink_r.is_none()
+        && let Some(p) = pid
+    {
+        // Don't leave a listener behind for the next steps.
+        let _ = ctx.exec.run(
+            &["kill".to_string(), "-9".into(), p.to_string()],
+            Duration::from_secs(5),
+        );
+    }
+    let _ = ctx.exec.run(
+        &["rm".to_string(), "-f".into(), out.clone()],
+        Duration::from_secs(5),
+    );
+    let sent = source.as_ref().map(|s| s.sent).unwrap_or(0);
+    let verified = sink_r.as_ref().map(|s| s.verified).unwrap_or(0);
+    r.ok = source.as_ref().is_some_and(|s| s.error.is_none())
+        && sink_r.as_ref().is_some_and(|s| s.ok)
+        && sent == bytes
+        && verified == bytes;
+    let ms = source.as_ref().map(|s| s.elapsed_ms).unwrap_or(0).max(1);
+    r.detail = match (&source, &sink_r) {
+        (Some(s), Some(_)) if r.ok => format!(
+            "{} to {addr}, verified, {} ms ({:.0} Mbit/s)",
+            human_bytes(bytes),
+            s.elapsed_ms,
+            bytes as f64 * 8.0 / 1e3 / ms as f64
+        ),
+        (Some(s), Some(k)) => {
+            let mut why = Vec::new();
+            if let Some(e) = &s.error {
+                why.push(format!("source: {e}"));
+            }
+            if let Some(e) = &k.error {
+                why.push(format!("sink: {e}"));
+            }
+            if let Some(m) = k.first_mismatch {
+                why.push(format!("first corrupted byte at offset {m}"));
+            }
+            format!(
+                "sent {sent} of {bytes}, received {}, verified {}{}{}",
+                k.received,
+                k.verified,
+                if why.is_empty() { "" } else { ": " },
+                why.join("; ")
+            )
+        }
+        (None, _) => format!(
+            "source: {} {}",
+            exit_desc(&so),
+            clip(last_line(&so.stderr), 200)
+        ),
+        (Some(s), None) => format!(
+            "sent {sent} of {bytes}{}; the sink wrote no result",
+            s.error
+                .as_ref()
+                .map(|e| format!(" (source: {e})"))
+                .unwrap_or_default()
+        ),
+    };
+    r.data = json!({
+        "addr": addr,
+        "bytes": bytes,
+        "seed": seed,
+        "source": source,
+        "sink": sink_r,
+        "payload": {"sent_bytes": sent, "verified_bytes": verified},
+    });
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::CollectSink;
+    use crate::guest_tools;
+    use std::collections::HashMap;
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// A guest made of canned answers plus real in-process TCP tools.
+    struct FakeGuest {
+        calls: Vec<Vec<String>>,
+        netdevs: String,
+        /// argv[1] (or argv[0]) → exit code and stdout.
+        canned: HashMap<String, (i32, String)>,
+        sinks: Arc<Mutex<HashMap<String, SinkReport>>>,
+        corrupt_at: Option<u64>,
+        /// Don't list netdevs until this many calls happened.
+        netdev_delay: usize,
+        fail_transport_on: Option<String>,
+        /// Where the last fake sink listens.
+        port: Option<u16>,
+    }
+
+    impl FakeGuest {
+        fn new() -> Self {
+            FakeGuest {
+                calls: vec![],
+                netdevs: "0000:00:04.0 eth0\n0000:00:05.0 eth1\n".into(),
+                canned: HashMap::new(),
+                sinks: Arc::default(),
+                corrupt_at: None,
+                netdev_delay: 0,
+                fail_transport_on: None,
+                port: None,
+            }
+        }
+    }
+
+    fn ok_out(code: i32, stdout: &str) -> RunOutput {
+        RunOutput {
+            exit_code: Some(code),
+            stdout: stdout.into(),
+            ..Default::default()
+        }
+    }
+
+    fn flag<'a>(argv: &'a [String], f: &str) -> &'a str {
+        let i = argv.iter().position(|a| a == f).unwrap();
+        &argv[i + 1]
+    }
+
+    impl GuestExec for FakeGuest {
+        fn run(&mut self, argv: &[String], _t: Duration) -> Result<RunOutput, String> {
+            self.calls.push(argv.to_vec());
+            // Strip a netns-exec wrapper.
+            let a: Vec<String> = if argv.get(1).map(String::as_str) == Some("netns-exec") {
+                argv[3..].to_vec()
+            } else {
+                argv.to_vec()
+            };
+            let key = if a[0].ends_with("netmem-lab") {
+                a[1].clone()
+            } else {
+                a[0].clone()
+            };
+            if self.fail_transport_on.as_deref() == Some(key.as_str()) {
+                return Err("agent channel closed".into());
+            }
+            if let Some((c, s)) = self.canned.get(&key) {
+                return Ok(ok_out(*c, s));
+            }
+            Ok(match key.as_str() {
+                "/bin/sh" if a[2].contains("/sys/bus/pci/devices") => {
+                    if self.calls.len() <= self.netdev_delay {
+                        ok_out(0, "")
+                    } else {
+                        ok_out(0, &self.netdevs)
+                    }
+                }
+                "/bin/sh" => ok_out(0, "fine\n"),
+                "netns-setup" => ok_out(
+                    0,
+                    &json!({"dev": flag(&a, "--dev"), "wait_ms": 3}).to_string(),
+                ),
+                "ping" => ok_out(
+                    0,
+                    "3 packets transmitted, 3 packets received, 0% packet loss\nround-trip min/avg/max = 0.1/0.2/0.3 ms\n",
+                ),
+                "tcp-sink" => {
+                    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                    let port = l.local_addr().unwrap().port();
+                    // The step's port is whatever the scenario says; the fake
+                    // source connects to this one instead.
+                    self.port = Some(port);
+                    let bytes: u64 = flag(&a, "--bytes").parse().unwrap();
+                    let seed: u64 = flag(&a, "--seed").parse().unwrap();
+                    let out = flag(&a, "--out").to_string();
+                    let sinks = self.sinks.clone();
+                    std::thread::spawn(move || {
+                        let r =
+                            guest_tools::run_sink(&l, bytes, seed, Some(Duration::from_secs(20)));
+                        sinks.lock().unwrap().insert(out, r);
+                    });
+                    ok_out(0, &json!({"listening": "x", "pid": 4242}).to_string())
+                }
+                "tcp-source" => {
+                    let port = self.port.unwrap();
+                    let bytes: u64 = flag(&a, "--bytes").parse().unwrap();
+                    let seed: u64 = flag(&a, "--seed").parse().unwrap();
+                    let r = guest_tools::run_source(
+                        format!("127.0.0.1:{port}").parse().unwrap(),
+                        bytes,
+                        seed,
+                        Some(Duration::from_secs(20)),
+                        self.corrupt_at,
+                    );
+                    ok_out(
+                        if r.error.is_none() { 0 } else { 1 },
+                        &serde_json::to_string(&r).unwrap(),
+                    )
+                }
+                "cat" => match self.sinks.lock().unwrap().get(&a[1]) {
+                    Some(r) => ok_out(0, &serde_json::to_string(r).unwrap()),
+                    None => ok_out(1, ""),
+                },
+                "rm" | "kill" => ok_out(0, ""),
+                other => panic!("unexpected command {other}: {argv:?}"),
+            })
+        }
+    }
+
+    fn nic_map() -> BTreeMap<String, String> {
+        [("nic0", "0000:00:04.0"), ("nic1", "0000:00:05.0")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn cfg() -> RunnerConfig {
+        RunnerConfig {
+            nic_wait: Duration::from_secs(2),
+            poll: Duration::from_millis(1),
+            ..Default::default()
+        }
+    }
+
+    fn small_smoke() -> Scenario {
+        let mut s = Scenario::builtin("nic-smoke").unwrap();
+        for st in &mut s.steps {
+            if let StepKind::TcpTransfer { bytes, .. } = &mut st.kind {
+                *bytes = 3 << 20;
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn nic_smoke_passes_on_a_good_guest() {
+        let mut g = FakeGuest::new();
+        g.netdev_delay = 2;
+        let sink = CollectSink::default();
+        let o =
+            run_scenario_steps_with(&cfg(), &small_smoke(), "patched", &nic_map(), &mut g, &sink);
+        assert_eq!(o.verdict, Verdict::Pass, "{o:#?}");
+        assert_eq!(o.error, None);
+        assert_eq!(o.nics["nic1"].ifname, "eth1");
+        assert!(o.steps.iter().all(|s| s.ok && s.as_expected));
+        assert_eq!(o.payload.sent_bytes, 3 << 20);
+        assert_eq!(o.payload.verified_bytes, 3 << 20);
+        // One event per step plus the NIC resolution.
+        let evs = sink.0.lock().unwrap();
+        assert_eq!(evs.len(), o.steps.len() + 1);
+        // The NIC names were substituted and the netns wrapper used.
+        let first = g.calls.iter().find(|c| c[2].contains("gve")).unwrap();
+        assert!(first[2].contains("/sys/class/net/eth0") && first[2].contains("eth1"));
+        assert!(
+            g.calls
+                .iter()
+                .any(|c| c[1] == "netns-exec" && c[2] == "remote" && c[3] == "ping")
+        );
+        let setup = g
+            .calls
+            .iter()
+            .find(|c| c.get(1).map(String::as_str) == Some("netns-setup"))
+            .unwrap();
+        assert_eq!(flag(setup, "--dev"), "eth1");
+        assert_eq!(flag(setup, "--netns"), "remote");
+        assert!(setup.contains(&"--nodad".to_string()));
+        let sink_call = g
+            .calls
+            .iter()
+            .find(|c| c.get(1).map(String::as_str) == Some("tcp-sink"))
+            .unwrap();
+        assert_eq!(flag(sink_call, "--listen"), "10.0.0.2:5201");
+        assert_eq!(flag(sink_call, "--netns"), "remote");
+        // The sink starts before the source.
+        let pos = |k: &str| {
+            g.calls
+                .iter()
+                .position(|c| c.get(1).map(String::as_str) == Some(k))
+                .unwrap()
+        };
+        assert!(pos("tcp-sink") < pos("tcp-source"));
+    }
+
+    #[test]
+    fn corrupted_payload_is_a_finding() {
+        let mut g = FakeGuest::new();
+        g.corrupt_at = Some(100_000);
+        let o = run_scenario_steps_with(
+            &cfg(),
+            &small_smoke(),
+            "baseline",
+            &nic_map(),
+            &mut g,
+            &CollectSink::default(),
+        );
+        assert_eq!(o.verdict, Verdict::Fail);
+        assert_eq!(o.verdict.exit_code(), 1);
+        let t = o.steps.last().unwrap();
+        assert!(!t.ok && !t.as_expected);
+        assert!(t.detail.contains("offset 100000"), "{}", t.detail);
+        assert_eq!(o.payload.verified_bytes, 100_000);
+        assert_eq!(o.mismatches.len(), 1);
+    }
+
+    #[test]
+    fn failing_ping_skips_the_rest() {
+        let mut g = FakeGuest::new();
+        g.canned.insert(
+            "ping".into(),
+            (
+                1,
+                "3 packets transmitted, 0 packets received, 100% packet loss\n".into(),
+            ),
+        );
+        let o = run_scenario_steps_with(
+            &cfg(),
+            &small_smoke(),
+            "patched",
+            &nic_map(),
+            &mut g,
+            &CollectSink::default(),
+        );
+        assert_eq!(o.verdict, Verdict::Fail);
+        let first_ping = o.steps.iter().position(|s| s.kind == "ping").unwrap();
+        assert!(o.steps[first_ping].detail.contains("0/3"));
+        assert!(o.steps[first_ping + 1..].iter().all(|s| s.skipped));
+        assert!(
+            !g.calls
+                .iter()
+                .any(|c| c.get(1).map(String::as_str) == Some("tcp-sink"))
+        );
+    }
+
+    #[test]
+    fn expected_failures_and_errnos() {
+        let text = r#"
+name = "probe"
+kernels = ["patched", "baseline"]
+[[step]]
+name = "bind-tx"
+kind = "sh"
+argv = ["probe"]
+[[step]]
+name = "after"
+kind = "sh"
+script = "true"
+[expect.baseline]
+verdict = "expected-fail"
+steps."bind-tx" = { ok = false, errno = "EOPNOTSUPP", extack = "No DMA-capable" }
+"#;
+        let s = Scenario::parse(text, "t").unwrap();
+        let fail = (
+            1,
+            r#"{"errno":95,"extack":"No DMA-capable device found for netmem TX"}"#.to_string(),
+        );
+        // Baseline fails as expected → expected-fail (exit 0), later steps still run.
+        let mut g = FakeGuest::new();
+        g.canned.insert("probe".into(), fail.clone());
+        let o = run_scenario_steps_with(
+            &cfg(),
+            &s,
+            "baseline",
+            &nic_map(),
+            &mut g,
+            &CollectSink::default(),
+        );
+        assert_eq!(o.verdict, Verdict::ExpectedFail, "{o:#?}");
+        assert_eq!(o.verdict.exit_code(), 0);
+        assert_eq!(o.steps[0].errno, Some(95));
+        assert!(o.steps[1].ok && !o.steps[1].skipped);
+        // Patched fails the same way → a finding.
+        let mut g = FakeGuest::new();
+        g.canned.insert("probe".into(), fail);
+        let o = run_scenario_steps_with(
+            &cfg(),
+            &s,
+            "patched",
+            &nic_map(),
+            &mut g,
+            &CollectSink::default(),
+        );
+        assert_eq!(o.verdict, Verdict::Fail);
+        // Baseline unexpectedly succeeds → a finding.
+        let mut g = FakeGuest::new();
+        g.canned.insert("probe".into(), (0, "{}".into()));
+        let o = run_scenario_steps_with(
+            &cfg(),
+            &s,
+            "baseline",
+            &nic_map(),
+            &mut g,
+            &CollectSink::default(),
+        );
+        assert_eq!(o.verdict, Verdict::Fail);
+        assert!(o.mismatches[0].contains("succeeded"));
+        // Wrong errno → a finding.
+        let mut g = FakeGuest::new();
+        g.canned
+            .insert("probe".into(), (1, r#"{"errno":22}"#.into()));
+        let o = run_scenario_steps_with(
+            &cfg(),
+            &s,
+            "baseline",
+            &nic_map(),
+            &mut g,
+            &CollectSink::default(),
+        );
+        assert_eq!(o.verdict, Verdict::Fail);
+        assert!(o.mismatches[0].contains("errno"), "{:?}", o.mismatches);
+    }
+
+    #[test]
+    fn lab_errors() {
+        // Missing NIC mapping.
+        let mut m = nic_map();
+        m.remove("nic1");
+        let o = run_scenario_steps_with(
+            &cfg(),
+            &small_smoke(),
+            "patched",
+            &m,
+            &mut FakeGuest::new(),
+            &CollectSink::default(),
+        );
+        assert_eq!(o.verdict, Verdict::Error);
+        assert!(o.error.unwrap().contains("nic1"));
+        // Netdev never appears.
+        let mut g = FakeGuest::new();
+        g.netdevs = "0000:00:04.0 eth0\n".into();
+        let mut c = cfg();
+        c.nic_wait = Duration::from_millis(100);
+        let o = run_scenario_steps_with(
+            &c,
+            &small_smoke(),
+            "patched",
+            &nic_map(),
+            &mut g,
+            &CollectSink::default(),
+        );
+        assert_eq!(o.verdict, Verdict::Error);
+        assert!(o.error.unwrap().contains("nic1 (0000:00:05.0)"));
+        // The agent goes away mid-run.
+        let mut g = FakeGuest::new();
+        g.fail_transport_on = Some("ping".into());
+        let o = run_scenario_steps_with(
+            &cfg(),
+            &small_smoke(),
+            "patched",
+            &nic_map(),
+            &mut g,
+            &CollectSink::default(),
+        );
+        assert_eq!(o.verdict, Verdict::Error);
+        assert_eq!(o.verdict.exit_code(), 2);
+        assert!(o.error.unwrap().contains("agent channel closed"));
+        assert!(o.steps.last().unwrap().skipped);
+        // Kernel not covered.
+        let mut s = small_smoke();
+        s.kernels = vec!["patched".into()];
+        let o = run_scenario_steps_with(
+            &cfg(),
+            &s,
+            "baseline",
+            &nic_map(),
+            &mut FakeGuest::new(),
+            &CollectSink::default(),
+        );
+        assert_eq!(o.verdict, Verdict::Error);
+    }
+
+    #[test]
+    fn parsing_helpers() {
+        assert_eq!(
+            ping_counts("PING x\n3 packets transmitted, 2 packets received, 33% packet loss\n"),
+            (Some(3), Some(2))
+        );
+        assert_eq!(
+            ping_counts("3 packets transmitted, 3 received, 0% packet loss, time 2003ms"),
+            (Some(3), Some(3))
+        );
+        assert_eq!(ping_counts("nothing"), (None, None));
+        assert_eq!(tool_json("noise\n{\"a\":1}\n\n").unwrap()["a"], 1);
+        assert_eq!(tool_json("{bad\n"), None);
+        let mut n = BTreeMap::new();
+        n.insert(
+            "nic0".to_string(),
+            NicBinding {
+                bdf: "b".into(),
+                ifname: "eth7".into(),
+            },
+        );
+        assert_eq!(
+            expand("ip link show {nic0} {nic9}", &n),
+            "ip link show eth7 {nic9}"
+        );
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(clip("ééé", 3), "é…");
+    }
+}
