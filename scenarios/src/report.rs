@@ -30,6 +30,9 @@ pub struct DeviceDma {
     pub dmabuf_reads: u64,
     #[serde(default)]
     pub dmabuf_writes: u64,
+    /// Refused accesses (IOMMU faults) of this device.
+    #[serde(default)]
+    pub faults: u64,
 }
 
 /// A broken invariant, as the verifier reports it.
@@ -52,6 +55,19 @@ pub struct DmaSummary {
     pub iommu_faults: Vec<Value>,
     #[serde(default)]
     pub violations: Vec<Violation>,
+    /// Whatever else the VMM reports (dropped faults, audit counters, …).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl DmaSummary {
+    /// From the VMM's report (`vmm::iommu::DmaReport`, or its JSON): its
+    /// `by_device` and `iommu_faults` keys are this struct's.
+    pub fn from_report(r: &impl Serialize) -> Result<DmaSummary, String> {
+        serde_json::to_value(r)
+            .and_then(serde_json::from_value)
+            .map_err(|e| format!("DMA report: {e}"))
+    }
 }
 
 /// The invariants of ARCHITECTURE.md, by name.
@@ -643,6 +659,24 @@ mod tests {
         assert!(s.starts_with(
             "scenario nic-smoke on patched (7.3.4+deb13-cloud-amd64), engine kvm: FAIL"
         ));
+    }
+
+    #[test]
+    fn from_the_vmm_report_shape() {
+        let v = json!({
+            "by_device": {"0000:00:04.0": {"reads": 1, "writes": 2, "bytes": 3, "faults": 4}},
+            "iommu_faults": [{"bdf": "0000:00:04.0", "iova": 4096}],
+            "iommu_faults_dropped": 0,
+            "audit_next_seq": 9
+        });
+        let d = DmaSummary::from_report(&v).unwrap();
+        assert_eq!(d.by_device["0000:00:04.0"].faults, 4);
+        assert_eq!(d.iommu_faults.len(), 1);
+        assert!(d.violations.is_empty());
+        assert_eq!(d.extra["audit_next_seq"], 9);
+        let back = serde_json::to_value(&d).unwrap();
+        assert_eq!(back["audit_next_seq"], 9);
+        assert_eq!(back["by_device"]["0000:00:04.0"]["dmabuf_reads"], 0);
     }
 
     #[test]

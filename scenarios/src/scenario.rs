@@ -345,6 +345,15 @@ impl Scenario {
             .unwrap_or_default()
     }
 
+    /// The wires as (a, b) pairs of logical NIC names.
+    pub fn wire_pairs(&self) -> Vec<(String, String)> {
+        self.topology
+            .wires
+            .iter()
+            .map(|w| (w.a.clone(), w.b.clone()))
+            .collect()
+    }
+
     /// The logical NIC names of the topology.
     pub fn nic_names(&self) -> Vec<String> {
         self.topology.nics.iter().map(|n| n.name.clone()).collect()
@@ -511,7 +520,7 @@ mod tests {
     fn nic_smoke_shape() {
         let s = Scenario::builtin("nic-smoke").unwrap();
         assert_eq!(s.nic_names(), ["nic0", "nic1"]);
-        assert_eq!(s.topology.wires.len(), 1);
+        assert_eq!(s.wire_pairs(), [("nic0".to_string(), "nic1".to_string())]);
         assert!(s.applies_to("patched") && s.applies_to("baseline"));
         for k in ["patched", "baseline"] {
             assert_eq!(s.expectation(k).verdict, ExpectedVerdict::Pass);
