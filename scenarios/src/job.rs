@@ -35,6 +35,8 @@ pub enum JobCommand {
         #[serde(default)]
         dma_probe: Vec<String>,
     },
+    /// Run a data-driven scenario (its TOML travels with the job).
+    Scenario { toml: String, origin: String },
     /// Boot `runs` times with our VMM and with QEMU; report boot-to-agent medians.
     BenchBoot {
         runs: u32,
@@ -101,7 +103,7 @@ mod tests {
                 mem_mib: 2048,
                 vcpus: 2,
                 hide_xsave: false,
-            topology: Default::default(),
+                topology: Default::default(),
             },
             boot_timeout_s: 120,
             verbose: false,

@@ -93,7 +93,12 @@ pub fn boot(job: &Job, sink: Arc<dyn EventSink>, t0: Instant) -> Result<Booted, 
         console_tail: vec![],
     })?;
     let topology = match &pending {
-        Some(p) => Some(crate::topology::finish(&topo_spec, p).map_err(|e| RunFailure { message: format!("cabling the NICs: {e}"), console_tail: vec![] })?),
+        Some(p) => Some(
+            crate::topology::finish(&topo_spec, p).map_err(|e| RunFailure {
+                message: format!("cabling the NICs: {e}"),
+                console_tail: vec![],
+            })?,
+        ),
         None => None,
     };
     step(
@@ -213,6 +218,9 @@ pub fn run_local(job: &Job, sink: Arc<dyn EventSink>, engine: &str) -> Outcome {
         JobCommand::Boot { exec, dma_probe } => {
             run_boot(job, exec, dma_probe, sink.clone(), t0, engine)
         }
+        JobCommand::Scenario { toml, origin } => {
+            run_scenario(job, toml, origin, sink.clone(), t0, engine)
+        }
         JobCommand::BenchBoot { runs, qemu } => {
             run_bench_boot(job, *runs, qemu, sink.clone(), t0, engine)
         }
@@ -249,6 +257,7 @@ pub fn run_local(job: &Job, sink: Arc<dyn EventSink>, engine: &str) -> Outcome {
 fn command_name(c: &JobCommand) -> &'static str {
     match c {
         JobCommand::Boot { .. } => "boot",
+        JobCommand::Scenario { .. } => "scenario",
         JobCommand::BenchBoot { .. } => "bench-boot",
     }
 }
@@ -429,4 +438,59 @@ pub fn median(v: &[u64]) -> u64 {
     let mut s = v.to_vec();
     s.sort_unstable();
     s[s.len() / 2]
+}
+
+fn run_scenario(
+    job: &Job,
+    toml: &str,
+    origin: &str,
+    sink: Arc<dyn EventSink>,
+    t0: Instant,
+    engine: &str,
+) -> Result<Outcome, RunFailure> {
+    let scn = crate::scenario::Scenario::parse(toml, origin).map_err(|e| RunFailure {
+        message: e.to_string(),
+        console_tail: vec![],
+    })?;
+    let mut b = boot(job, sink.clone(), t0)?;
+    let release = b
+        .agent
+        .hello()
+        .map(|h| h.release)
+        .unwrap_or_else(|_| job.kernel_release.clone());
+    let nic_map = b
+        .topology
+        .as_ref()
+        .map(|t| t.bdfs.clone())
+        .unwrap_or_default();
+    let outcome =
+        crate::steps::run_scenario_steps(&scn, &job.kernel_spec, &nic_map, &mut b.agent, &*sink);
+    let dma = crate::report::DmaSummary::from_report(&b.machine.dma_report()).ok();
+    let nics = b.topology.as_ref().map(|t| t.stats());
+    let exit = power_off(&mut b);
+    step(&*sink, t0, "VM ended", describe_exit(&exit));
+    let report = crate::report::build_report(
+        &outcome,
+        crate::report::KernelInfo {
+            spec: job.kernel_spec.clone(),
+            release,
+        },
+        engine,
+        crate::report::Timing {
+            boot_to_agent: b.boot_to_agent.as_millis() as u64,
+            total: t0.elapsed().as_millis() as u64,
+        },
+        dma,
+    );
+    let mut json = report.to_json();
+    json["nics"] = json!(nics);
+    json["junit"] = json!(report.junit());
+    let mut summary = Vec::new();
+    let _ = report.print_summary(&mut summary);
+    json["summary"] = json!(String::from_utf8_lossy(&summary));
+    let code = report.verdict.exit_code();
+    Ok(Outcome {
+        exit_code: code,
+        report: json,
+    })
 }

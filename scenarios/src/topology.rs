@@ -29,13 +29,30 @@ impl TopologySpec {
     /// `n` NICs cabled in pairs: nic0↔nic1, nic2↔nic3, …
     pub fn pairs(n: usize) -> Self {
         let nics: Vec<String> = (0..n).map(|i| format!("nic{i}")).collect();
-        let wires = nics.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())).collect();
-        TopologySpec { nics, wires, pcap_dir: None }
+        let wires = nics
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].clone(), c[1].clone()))
+            .collect();
+        TopologySpec {
+            nics,
+            wires,
+            pcap_dir: None,
+        }
     }
 
     /// Logical name → PCI address ("0000:00:04.0").
     pub fn bdfs(&self) -> BTreeMap<String, String> {
-        self.nics.iter().enumerate().map(|(i, n)| (n.clone(), format!("0000:00:{:02x}.0", FIRST_NIC_SLOT as usize + i))).collect()
+        self.nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    n.clone(),
+                    format!("0000:00:{:02x}.0", FIRST_NIC_SLOT as usize + i),
+                )
+            })
+            .collect()
     }
 }
 
@@ -54,7 +71,16 @@ pub struct Topology {
 
 impl Topology {
     pub fn stats(&self) -> serde_json::Value {
-        let nics: BTreeMap<_, _> = self.handles.iter().map(|(n, h)| (n.clone(), serde_json::to_value(h.stats()).unwrap_or_default())).collect();
+        let nics: BTreeMap<_, _> = self
+            .handles
+            .iter()
+            .map(|(n, h)| {
+                (
+                    n.clone(),
+                    serde_json::to_value(h.stats()).unwrap_or_default(),
+                )
+            })
+            .collect();
         let wires: Vec<_> = self
             .wires
             .iter()
@@ -83,16 +109,25 @@ pub fn machine_hook(spec: &TopologySpec) -> (AddDevices, Arc<Mutex<Option<Pendin
         let mut guard = p2.lock().map_err(|_| "topology lock".to_string())?;
         let st = guard.as_mut().ok_or("topology already built")?;
         for (i, name) in nics.iter().enumerate() {
-            let cfg = GveConfig { name: name.clone(), mac: [0x02, 0x4e, 0x4d, 0x00, 0x00, i as u8 + 1], ..GveConfig::default() };
+            let cfg = GveConfig {
+                name: name.clone(),
+                mac: [0x02, 0x4e, 0x4d, 0x00, 0x00, i as u8 + 1],
+                ..GveConfig::default()
+            };
             let vectors = cfg.msix_vectors();
             let mut port = None;
             let mut handle = None;
-            devices.add_iommu_function(FIRST_NIC_SLOT + i as u8, &format!("NIC{i}"), vectors, |dma, msi| {
-                let (dev, p) = GveDevice::new(cfg, dma, msi).map_err(|e| e.to_string())?;
-                handle = Some(dev.handle());
-                port = Some(p);
-                Ok(Arc::new(Mutex::new(dev)))
-            })?;
+            devices.add_iommu_function(
+                FIRST_NIC_SLOT + i as u8,
+                &format!("NIC{i}"),
+                vectors,
+                |dma, msi| {
+                    let (dev, p) = GveDevice::new(cfg, dma, msi).map_err(|e| e.to_string())?;
+                    handle = Some(dev.handle());
+                    port = Some(p);
+                    Ok(Arc::new(Mutex::new(dev)))
+                },
+            )?;
             st.ports.insert(name.clone(), port.ok_or("no port")?);
             st.handles.insert(name.clone(), handle.ok_or("no handle")?);
         }
@@ -102,15 +137,43 @@ pub fn machine_hook(spec: &TopologySpec) -> (AddDevices, Arc<Mutex<Option<Pendin
 }
 
 /// Cable the wires after the machine started.
-pub fn finish(spec: &TopologySpec, pending: &Arc<Mutex<Option<Pending>>>) -> Result<Topology, String> {
-    let mut st = pending.lock().map_err(|_| "topology lock".to_string())?.take().ok_or("topology not built")?;
+pub fn finish(
+    spec: &TopologySpec,
+    pending: &Arc<Mutex<Option<Pending>>>,
+) -> Result<Topology, String> {
+    let mut st = pending
+        .lock()
+        .map_err(|_| "topology lock".to_string())?
+        .take()
+        .ok_or("topology not built")?;
     let mut wires = Vec::new();
     for (a, b) in &spec.wires {
-        let pa = st.ports.remove(a).ok_or_else(|| format!("no free port on {a}"))?;
-        let pb = st.ports.remove(b).ok_or_else(|| format!("no free port on {b}"))?;
-        let pcap = spec.pcap_dir.as_ref().map(|d| d.join(format!("{a}-{b}.pcap")));
-        let w = Wire::connect(pa, pb, WireOptions { pcap, faults: WireFaults::none() }).map_err(|e| e.to_string())?;
+        let pa = st
+            .ports
+            .remove(a)
+            .ok_or_else(|| format!("no free port on {a}"))?;
+        let pb = st
+            .ports
+            .remove(b)
+            .ok_or_else(|| format!("no free port on {b}"))?;
+        let pcap = spec
+            .pcap_dir
+            .as_ref()
+            .map(|d| d.join(format!("{a}-{b}.pcap")));
+        let w = Wire::connect(
+            pa,
+            pb,
+            WireOptions {
+                pcap,
+                faults: WireFaults::none(),
+            },
+        )
+        .map_err(|e| e.to_string())?;
         wires.push((a.clone(), b.clone(), w));
     }
-    Ok(Topology { handles: st.handles, wires, bdfs: spec.bdfs() })
+    Ok(Topology {
+        handles: st.handles,
+        wires,
+        bdfs: spec.bdfs(),
+    })
 }

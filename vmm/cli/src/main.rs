@@ -30,6 +30,8 @@ enum Command {
         #[command(subcommand)]
         what: cmd::KernelsWhat,
     },
+    /// Run a scenario (default: the catalog's default) and give a verdict.
+    Scenario(cmd::ScenarioArgs),
     /// Boot a kernel to the guest agent, print its hello, power off.
     Boot(cmd::BootArgs),
     /// Measure against QEMU on the same kernel and engine.
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         Command::List => cmd::list(),
         Command::Kernels { what } => cmd::kernels(what),
         Command::Boot(a) => cmd::boot(a),
+        Command::Scenario(a) => cmd::scenario(a),
         Command::Bench { what } => cmd::bench(what),
         Command::Agent { port } => cmd::agent(&port),
         Command::L1Job { job } => cmd::l1_job(&job),
