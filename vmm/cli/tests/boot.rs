@@ -370,3 +370,46 @@ fn device_touching_unmapped_iova_after_unbind_is_refused() {
         r["dma"]
     );
 }
+
+/// The catalog's nic-smoke with a 1 MiB transfer: two sim-nics driven by the
+/// stock gve driver behind the virtio-iommu, IPv4/IPv6 pings both ways, a TCP
+/// transfer whose bytes the receiver checks.
+#[test]
+fn nic_smoke_small_transfer_passes_through_stock_gve() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let text = scenarios::scenario::CATALOG
+        .iter()
+        .find(|(n, _)| *n == "nic-smoke")
+        .expect("nic-smoke in the catalog")
+        .1;
+    assert!(text.contains("bytes = 67108864"));
+    let file = dir.path().join("nic-smoke-1m.toml");
+    std::fs::write(&file, text.replace("bytes = 67108864", "bytes = 1048576")).unwrap();
+    let report = dir.path().join("s.json");
+    let junit = dir.path().join("s.xml");
+    let out = run(&[
+        "scenario",
+        "--file",
+        file.to_str().unwrap(),
+        "--json",
+        report.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let r = json(&report);
+    assert_eq!(r["verdict"], "pass", "{r}");
+    assert_eq!(r["payload"]["verified_bytes"], 1048576);
+    for nic in ["0000:00:04.0", "0000:00:05.0"] {
+        let d = &r["dma"]["by_device"][nic];
+        assert!(
+            d["reads"].as_u64().unwrap() > 0 && d["writes"].as_u64().unwrap() > 0,
+            "{nic}: {d}"
+        );
+    }
+    assert_eq!(r["dma"]["iommu_faults"].as_array().unwrap().len(), 0);
+    let x = std::fs::read_to_string(&junit).unwrap();
+    assert!(x.contains("<testsuite") && x.contains("tcp"), "{x}");
+}
