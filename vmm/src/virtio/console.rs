@@ -20,7 +20,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{Worker, drain, epoll_add, epoll_wait};
+use super::worker::{Wake, Worker, drain, event_loop};
 use super::{ActivateError, VirtioDevice, VirtioInterrupt};
 
 /// Virtio device ID of the console.
@@ -40,7 +40,6 @@ const TX_BACKLOG: usize = 1 << 20;
 /// Bytes read from the socket at a time.
 const RX_CHUNK: usize = 64 << 10;
 
-const TOKEN_KILL: u64 = 0;
 const TOKEN_RX: u64 = 1;
 const TOKEN_TX: u64 = 2;
 const TOKEN_SOCKET: u64 = 3;
@@ -162,51 +161,37 @@ struct ConsoleWorker {
 
 impl ConsoleWorker {
     fn run(mut self, kill: EventFd) {
-        let epoll = match Epoll::new().and_then(|ep| {
-            epoll_add(&ep, &kill, TOKEN_KILL, EventSet::IN)?;
-            epoll_add(&ep, &self.rx_evt, TOKEN_RX, EventSet::IN)?;
-            epoll_add(&ep, &self.tx_evt, TOKEN_TX, EventSet::IN)?;
-            Ok(ep)
-        }) {
-            Ok(ep) => ep,
-            Err(e) => {
-                tracing::error!("virtio-console worker cannot set up epoll: {e}");
-                return;
-            }
-        };
-        // The guest may have queued work before activation completed.
-        self.process_tx();
-        self.process_rx();
-        self.update_socket_interest(&epoll);
-        let mut events = [EpollEvent::default(); 8];
-        loop {
-            let n = match epoll_wait(&epoll, &mut events) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!("virtio-console epoll_wait failed: {e}");
-                    return;
+        let sources = [
+            (self.rx_evt.as_raw_fd(), TOKEN_RX),
+            (self.tx_evt.as_raw_fd(), TOKEN_TX),
+        ];
+        event_loop(
+            "virtio-console",
+            &kill,
+            &sources,
+            |epoll, wake| match wake {
+                // The guest may have queued work before activation completed.
+                Wake::Start => {
+                    self.process_tx();
+                    self.process_rx();
+                    self.update_socket_interest(epoll);
                 }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_KILL => return,
-                    TOKEN_RX => {
-                        drain(&self.rx_evt);
-                        self.process_rx();
-                    }
-                    TOKEN_TX => {
-                        drain(&self.tx_evt);
-                        self.process_tx();
-                    }
-                    TOKEN_SOCKET => {
-                        self.process_tx();
-                        self.process_rx();
-                    }
-                    _ => {}
+                Wake::Ready(TOKEN_RX) => {
+                    drain(&self.rx_evt);
+                    self.process_rx();
                 }
-            }
-            self.update_socket_interest(&epoll);
-        }
+                Wake::Ready(TOKEN_TX) => {
+                    drain(&self.tx_evt);
+                    self.process_tx();
+                }
+                Wake::Ready(TOKEN_SOCKET) => {
+                    self.process_tx();
+                    self.process_rx();
+                }
+                Wake::Ready(_) => {}
+                Wake::BatchDone => self.update_socket_interest(epoll),
+            },
+        );
     }
 
     /// Poll the socket for reading only while no host bytes are waiting for

@@ -27,12 +27,12 @@
 
 use std::sync::Arc;
 
+use std::os::fd::AsRawFd;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::epoll::{Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{Worker, drain, epoll_add, epoll_wait};
+use super::worker::{Wake, Worker, drain, event_loop};
 use super::{ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::iommu::{
     Audit, AuditConfig, FaultEvent, IommuConfig, IommuError, IommuState, MAP_F_MMIO, MAP_F_READ,
@@ -100,7 +100,6 @@ pub const REQUEST_QUEUE: u16 = 0;
 pub const EVENT_QUEUE: u16 = 1;
 const QUEUE_SIZES: [u16; 2] = [256, 64];
 
-const TOKEN_KILL: u64 = 0;
 const TOKEN_REQ: u64 = 1;
 const TOKEN_EVT: u64 = 2;
 const TOKEN_FAULT: u64 = 3;
@@ -460,49 +459,30 @@ struct IommuWorker {
 
 impl IommuWorker {
     fn run(mut self, kill: EventFd) {
-        let epoll = match Epoll::new().and_then(|ep| {
-            epoll_add(&ep, &kill, TOKEN_KILL, EventSet::IN)?;
-            epoll_add(&ep, &self.req_evt, TOKEN_REQ, EventSet::IN)?;
-            epoll_add(&ep, &self.evt_evt, TOKEN_EVT, EventSet::IN)?;
-            epoll_add(&ep, self.state.fault_eventfd(), TOKEN_FAULT, EventSet::IN)?;
-            Ok(ep)
-        }) {
-            Ok(ep) => ep,
-            Err(e) => {
-                tracing::error!("virtio-iommu worker cannot set up epoll: {e}");
-                return;
+        let sources = [
+            (self.req_evt.as_raw_fd(), TOKEN_REQ),
+            (self.evt_evt.as_raw_fd(), TOKEN_EVT),
+            (self.state.fault_eventfd().as_raw_fd(), TOKEN_FAULT),
+        ];
+        event_loop("virtio-iommu", &kill, &sources, |_, wake| match wake {
+            Wake::Start => {
+                self.process_requests();
+                self.deliver_faults();
             }
-        };
-        self.process_requests();
-        self.deliver_faults();
-        let mut events = [EpollEvent::default(); 8];
-        loop {
-            let n = match epoll_wait(&epoll, &mut events) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!("virtio-iommu epoll_wait failed: {e}");
-                    return;
-                }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_KILL => return,
-                    TOKEN_REQ => {
-                        drain(&self.req_evt);
-                        self.process_requests();
-                    }
-                    TOKEN_EVT => {
-                        drain(&self.evt_evt);
-                        self.deliver_faults();
-                    }
-                    TOKEN_FAULT => {
-                        drain(self.state.fault_eventfd());
-                        self.deliver_faults();
-                    }
-                    _ => {}
-                }
+            Wake::Ready(TOKEN_REQ) => {
+                drain(&self.req_evt);
+                self.process_requests();
             }
-        }
+            Wake::Ready(TOKEN_EVT) => {
+                drain(&self.evt_evt);
+                self.deliver_faults();
+            }
+            Wake::Ready(TOKEN_FAULT) => {
+                drain(self.state.fault_eventfd());
+                self.deliver_faults();
+            }
+            Wake::Ready(_) | Wake::BatchDone => {}
+        });
     }
 
     fn process_requests(&mut self) {

@@ -9,12 +9,12 @@
 use std::io;
 use std::sync::Arc;
 
+use std::os::fd::AsRawFd;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
-use vmm_sys_util::epoll::{Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{Worker, drain, epoll_add, epoll_wait};
+use super::worker::{Wake, Worker, drain, event_loop};
 use super::{ActivateError, EndpointMemory, VirtioDevice, VirtioInterrupt};
 
 /// Virtio device ID of the entropy device.
@@ -27,7 +27,6 @@ const MAX_REQUEST: usize = 64 << 10;
 /// Audit tag of the random bytes written to the guest.
 pub const TAG_RNG_BUF: &str = "rng-buf";
 
-const TOKEN_KILL: u64 = 0;
 const TOKEN_QUEUE: u64 = 1;
 
 /// The virtio-rng device.
@@ -129,38 +128,15 @@ struct RngWorker<M> {
 
 impl<M: GuestMemory> RngWorker<M> {
     fn run(&mut self, kill: EventFd) {
-        let epoll = match Epoll::new().and_then(|ep| {
-            epoll_add(&ep, &kill, TOKEN_KILL, EventSet::IN)?;
-            epoll_add(&ep, &self.evt, TOKEN_QUEUE, EventSet::IN)?;
-            Ok(ep)
-        }) {
-            Ok(ep) => ep,
-            Err(e) => {
-                tracing::error!("virtio-rng worker cannot set up epoll: {e}");
-                return;
+        let sources = [(self.evt.as_raw_fd(), TOKEN_QUEUE)];
+        event_loop("virtio-rng", &kill, &sources, |_, wake| match wake {
+            Wake::Start => self.process(),
+            Wake::Ready(TOKEN_QUEUE) => {
+                drain(&self.evt);
+                self.process();
             }
-        };
-        self.process();
-        let mut events = [EpollEvent::default(); 4];
-        loop {
-            let n = match epoll_wait(&epoll, &mut events) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!("virtio-rng epoll_wait failed: {e}");
-                    return;
-                }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_KILL => return,
-                    TOKEN_QUEUE => {
-                        drain(&self.evt);
-                        self.process();
-                    }
-                    _ => {}
-                }
-            }
-        }
+            Wake::Ready(_) | Wake::BatchDone => {}
+        });
     }
 
     fn process(&mut self) {

@@ -2,7 +2,7 @@
 //! EventFd, and an epoll wait that survives signals.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::thread::{self, JoinHandle};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -78,6 +78,66 @@ pub(crate) fn epoll_wait(epoll: &Epoll, events: &mut [EpollEvent]) -> io::Result
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             r => return r,
         }
+    }
+}
+
+/// What woke a device worker in [`event_loop`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Before the first wait: the guest may have queued work before activation.
+    Start,
+    /// A registered source with this token is ready.
+    Ready(u64),
+    /// Every ready source of one wait was handled.
+    BatchDone,
+}
+
+/// The loop every virtio device worker runs: register `kill` and each
+/// `(fd, token)` source for input, then call `on` with [`Wake::Start`], with
+/// [`Wake::Ready`] per ready source and [`Wake::BatchDone`] after each wait,
+/// until `kill` fires or epoll fails (logged with `name`). `on` gets the epoll
+/// too, for devices that change their interest set (console backpressure).
+pub(crate) fn event_loop(
+    name: &str,
+    kill: &EventFd,
+    sources: &[(RawFd, u64)],
+    mut on: impl FnMut(&Epoll, Wake),
+) {
+    const KILL: u64 = u64::MAX;
+    let epoll = match Epoll::new().and_then(|ep| {
+        epoll_add(&ep, kill, KILL, EventSet::IN)?;
+        for &(fd, token) in sources {
+            ep.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        Ok(ep)
+    }) {
+        Ok(ep) => ep,
+        Err(e) => {
+            tracing::error!("{name} worker cannot set up epoll: {e}");
+            return;
+        }
+    };
+    on(&epoll, Wake::Start);
+    let mut events = [EpollEvent::default(); 8];
+    loop {
+        let n = match epoll_wait(&epoll, &mut events) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("{name} epoll_wait failed: {e}");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                KILL => return,
+                token => on(&epoll, Wake::Ready(token)),
+            }
+        }
+        on(&epoll, Wake::BatchDone);
     }
 }
 
