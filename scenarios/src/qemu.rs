@@ -3,7 +3,6 @@
 //! on a virtconsole, timed from process start to the agent's ready event.
 
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,32 +71,21 @@ pub fn qemu_args(
         "q35".into(),
         "-cpu".into(),
         cpu,
-        "-smp".into(),
-        m.vcpus.to_string(),
-        "-m".into(),
-        format!("{}M", m.mem_mib),
-        "-nodefaults".into(),
-        "-no-user-config".into(),
-        "-display".into(),
-        "none".into(),
-        "-no-reboot".into(),
-        "-kernel".into(),
-        m.kernel.display().to_string(),
-        "-initrd".into(),
-        m.initramfs.display().to_string(),
-        "-append".into(),
-        m.cmdline.clone(),
-        "-chardev".into(),
-        format!("file,id=con,path={}", console_log.display()),
-        "-serial".into(),
-        "chardev:con".into(),
-        "-device".into(),
-        "virtio-serial-pci".into(),
+    ];
+    a.extend(vmm::engine::direct_boot_args(
+        &m.kernel,
+        &m.initramfs,
+        &m.cmdline,
+        m.mem_mib,
+        m.vcpus,
+        console_log,
+    ));
+    a.extend([
         "-chardev".into(),
         format!("socket,id=agent,path={}", agent_sock.display()),
         "-device".into(),
         "virtconsole,chardev=agent".into(),
-    ];
+    ]);
     if let Some(d) = datadir {
         a.push("-L".into());
         a.push(d.display().to_string());
@@ -127,39 +115,25 @@ pub fn boot_once(
     if let Some(l) = &q.libdir {
         cmd.env("LD_LIBRARY_PATH", l);
     }
-    // SAFETY: prctl in the child before exec only sets its own death signal.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
+    let mut child = vmm::engine::spawn_tied(&mut cmd)
         .map_err(|e| format!("starting {}: {e}", q.binary.display()))?;
     let result = (|| {
         let deadline = start + timeout;
-        let stream = loop {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Ok(Some(st)) = child.try_wait() {
-                        let mut err = String::new();
-                        if let Some(mut e) = child.stderr.take() {
-                            use std::io::Read;
-                            let _ = e.read_to_string(&mut err);
-                        }
-                        return Err(format!("QEMU exited ({st}): {}", err.trim()));
-                    }
-                    if Instant::now() > deadline {
-                        return Err("QEMU did not connect the agent channel".into());
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
+        let stream = match vmm::engine::accept_from_child(&listener, &mut child, deadline) {
+            Ok(s) => s,
+            Err(vmm::engine::AcceptError::Exited(st)) => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
                 }
-                Err(e) => return Err(e.to_string()),
+                return Err(format!("QEMU exited ({st}): {}", err.trim()));
             }
+            Err(vmm::engine::AcceptError::TimedOut) => {
+                return Err("QEMU did not connect the agent channel".into());
+            }
+            Err(vmm::engine::AcceptError::Io(e)) => return Err(e.to_string()),
         };
-        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
         let mut agent = Agent::new(stream.try_clone().map_err(|e| e.to_string())?, stream);
         let left = deadline.saturating_duration_since(Instant::now());
         agent
@@ -169,18 +143,7 @@ pub fn boot_once(
         let _ = agent.shutdown();
         Ok(t)
     })();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    vmm::engine::wait_or_kill(&mut child, Duration::from_secs(20));
     let _ = std::fs::remove_file(&sock);
     result
 }

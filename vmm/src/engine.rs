@@ -134,40 +134,128 @@ impl L1Config {
 
     /// The QEMU command line (TCG, SVM exposed by `-cpu max`).
     pub fn qemu_args(&self) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "-accel".into(),
-            "tcg,thread=multi".into(),
-            "-cpu".into(),
-            "max".into(),
-            "-smp".into(),
-            self.smp.to_string(),
-            "-m".into(),
-            format!("{}M", self.mem_mib),
-            "-nodefaults".into(),
-            "-no-user-config".into(),
-            "-display".into(),
-            "none".into(),
-            "-no-reboot".into(),
-            "-kernel".into(),
-            self.kernel.display().to_string(),
-            "-initrd".into(),
-            self.initramfs.display().to_string(),
-            "-append".into(),
-            self.cmdline.clone(),
-            "-chardev".into(),
-            format!("file,id=con,path={}", self.console_log().display()),
-            "-serial".into(),
-            "chardev:con".into(),
-            "-device".into(),
-            "virtio-serial-pci".into(),
+        let mut a: Vec<String> = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+            .map(String::from)
+            .to_vec();
+        a.extend(direct_boot_args(
+            &self.kernel,
+            &self.initramfs,
+            &self.cmdline,
+            self.mem_mib,
+            self.smp,
+            &self.console_log(),
+        ));
+        a.extend([
             "-chardev".into(),
             format!("socket,id=ev,path={}", self.event_socket().display()),
             "-device".into(),
             format!("virtserialport,chardev=ev,name={EVENT_PORT_NAME}"),
-        ];
-        a.shrink_to_fit();
+        ]);
         a
     }
+}
+
+/// Direct-kernel-boot QEMU arguments shared by the L1 guest and the bench
+/// baseline: no defaults or user config, no display, no reboot, the serial
+/// console into `console_log`, and a virtio-serial bus for an agent/event port.
+pub fn direct_boot_args(
+    kernel: &Path,
+    initramfs: &Path,
+    cmdline: &str,
+    mem_mib: u64,
+    smp: u8,
+    console_log: &Path,
+) -> Vec<String> {
+    [
+        "-smp",
+        &smp.to_string(),
+        "-m",
+        &format!("{mem_mib}M"),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        &kernel.display().to_string(),
+        "-initrd",
+        &initramfs.display().to_string(),
+        "-append",
+        cmdline,
+        "-chardev",
+        &format!("file,id=con,path={}", console_log.display()),
+        "-serial",
+        "chardev:con",
+        "-device",
+        "virtio-serial-pci",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Why [`accept_from_child`] gave up.
+#[derive(Debug)]
+pub enum AcceptError {
+    /// The child exited before connecting.
+    Exited(std::process::ExitStatus),
+    TimedOut,
+    Io(std::io::Error),
+}
+
+/// Make `cmd` die with this process (PR_SET_PDEATHSIG) and spawn it.
+pub fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
+    // SAFETY: prctl in the forked child before exec only changes the
+    // child's own death signal; it is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Accept the connection `child` makes to the non-blocking `listener`,
+/// noticing when it exits first; returns a blocking stream.
+pub fn accept_from_child(
+    listener: &UnixListener,
+    child: &mut Child,
+    deadline: Instant,
+) -> Result<UnixStream, AcceptError> {
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(AcceptError::Io)?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Ok(Some(st)) = child.try_wait() {
+                    return Err(AcceptError::Exited(st));
+                }
+                if Instant::now() > deadline {
+                    return Err(AcceptError::TimedOut);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(AcceptError::Io(e)),
+        }
+    }
+}
+
+/// Wait up to `timeout` for `child` to exit by itself, then kill it.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A running L1 guest. Dropping it kills QEMU.
@@ -205,54 +293,30 @@ impl L1Guest {
                     }
                 })?,
             ));
-        // SAFETY: prctl in the forked child before exec only changes the
-        // child's own death signal; it is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|source| EngineError::QemuMissing {
+        let mut child = spawn_tied(&mut cmd).map_err(|source| EngineError::QemuMissing {
             qemu: cfg.qemu.display().to_string(),
             source,
         })?;
+        let accepted = accept_from_child(&listener, &mut child, Instant::now() + connect_timeout);
         let mut g = L1Guest {
             child: Some(child),
             cfg,
             events: None,
         };
-        let deadline = Instant::now() + connect_timeout;
-        loop {
-            match listener.accept() {
-                Ok((s, _)) => {
-                    s.set_nonblocking(false).map_err(|source| EngineError::Io {
-                        context: "socket".into(),
-                        source,
-                    })?;
-                    g.events = Some(BufReader::new(s));
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Some(st) = g.try_exit_status() {
-                        return Err(EngineError::Io {
-                            context: format!("QEMU exited early ({st}): {}", g.qemu_stderr()),
-                            source: std::io::Error::other("qemu exited"),
-                        });
-                    }
-                    if Instant::now() > deadline {
-                        return Err(EngineError::NoEventChannel(connect_timeout));
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(source) => {
-                    return Err(EngineError::Io {
-                        context: "accepting the L1 event channel".into(),
-                        source,
-                    });
-                }
+        match accepted {
+            Ok(s) => g.events = Some(BufReader::new(s)),
+            Err(AcceptError::Exited(st)) => {
+                return Err(EngineError::Io {
+                    context: format!("QEMU exited early ({st}): {}", g.qemu_stderr()),
+                    source: std::io::Error::other("qemu exited"),
+                });
+            }
+            Err(AcceptError::TimedOut) => return Err(EngineError::NoEventChannel(connect_timeout)),
+            Err(AcceptError::Io(source)) => {
+                return Err(EngineError::Io {
+                    context: "accepting the L1 event channel".into(),
+                    source,
+                });
             }
         }
         Ok(g)
@@ -296,15 +360,9 @@ impl L1Guest {
 
     /// Wait up to `timeout` for QEMU to exit by itself, then kill it.
     pub fn finish(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.try_exit_status().is_some() {
-                self.child = None;
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut c) = self.child.take() {
+            wait_or_kill(&mut c, timeout);
         }
-        self.kill();
     }
 
     pub fn kill(&mut self) {
