@@ -113,7 +113,10 @@ impl Dev<'_> {
             return Ok(());
         }
         match self.sh.port.transmit(f) {
-            TxOutcome::Sent => Counters::inc(&c.tx_frames),
+            TxOutcome::Sent => {
+                tracing::trace!(nic = %self.sh.cfg.name, "frame on the wire");
+                Counters::inc(&c.tx_frames)
+            }
             TxOutcome::NoLink => Counters::inc(&c.tx_no_link),
             TxOutcome::Full(f) => return Err(f),
         }

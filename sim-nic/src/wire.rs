@@ -74,7 +74,13 @@ pub(crate) struct PortShared {
     /// Set on every link transition; the owner acknowledges it.
     pub link_changed: AtomicBool,
     attached: AtomicBool,
+    /// The owner's receive work, runnable on a sender's thread (see
+    /// `GveConfig::inline_doorbells`).
+    inline_poll: Mutex<Option<InlinePoll>>,
 }
+
+/// Receive work of a port's owner, run by whoever just filled its inbox.
+pub(crate) type InlinePoll = Box<dyn Fn() + Send + Sync>;
 
 /// Result of a transmit attempt.
 #[derive(Debug, PartialEq, Eq)]
@@ -99,7 +105,27 @@ impl PortShared {
             link_up: AtomicBool::new(false),
             link_changed: AtomicBool::new(false),
             attached: AtomicBool::new(false),
+            inline_poll: Mutex::new(None),
         })
+    }
+
+    pub fn set_inline_poll(&self, f: InlinePoll) {
+        *lock(&self.inline_poll) = Some(f);
+    }
+
+    /// Run the receive work of the port at the other end of this port's
+    /// cable on this thread, if its owner offers it and it has frames.
+    pub fn run_peer_inline(&self) {
+        let Some(dir) = lock(&self.tx).clone() else {
+            return;
+        };
+        if dir.dst.queued() == 0 {
+            return;
+        }
+        let g = lock(&dir.dst.inline_poll);
+        if let Some(f) = g.as_ref() {
+            f();
+        }
     }
 
     fn set_link(&self, up: bool) {
