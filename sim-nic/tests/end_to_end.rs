@@ -603,3 +603,52 @@ fn netmem_tx_and_no_dma_after_destroy() {
     let n: usize = (0..2).map(|q| b.poll_rx(q).len()).sum();
     assert_eq!(n, 64);
 }
+
+/// A TX doorbell does the device's work on the caller's thread, including
+/// the cabled peer's receive side: no worker and no `poll` needed. Without
+/// `inline_doorbells` the same doorbell leaves everything queued.
+#[test]
+fn inline_doorbell_reaches_the_peer_without_polling() {
+    for inline in [true, false] {
+        let cfg = |n: &str, m: u8| GveConfig {
+            inline_doorbells: inline,
+            ..test_config(n, m)
+        };
+        let (mut a, mut b, _w) = pair(cfg, WireOptions::default());
+        a.up(1, true).unwrap();
+        b.up(1, true).unwrap();
+        let payload = vec![0x5au8; 3000];
+        let pkt = build::tcp4(
+            MAC_B,
+            MAC_A,
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+            1,
+            2,
+            7,
+            0x18,
+            &payload,
+        );
+        let (h, p) = pkt.split_at(54);
+        let tag = a.send(0, &[h, p], true, Some((1448, 54)));
+        let done = a
+            .reap_tx(0)
+            .iter()
+            .any(|c| c.ctype == COMPL_TYPE_PKT && c.value == tag);
+        let got = b.poll_rx(0);
+        if inline {
+            assert!(done, "TX completion written during the doorbell");
+            assert_eq!(
+                got.len(),
+                3,
+                "peer received the 3 segments during the doorbell"
+            );
+            let data: Vec<u8> = got.iter().flat_map(|s| s.payload.clone()).collect();
+            assert_eq!(data, payload);
+        } else {
+            assert!(!done && got.is_empty(), "nothing happens until polled");
+            poll_all(&[&a.handle, &b.handle]);
+            assert_eq!(b.poll_rx(0).len(), 3);
+        }
+    }
+}
