@@ -42,6 +42,13 @@ pub enum JobCommand {
         runs: u32,
         qemu: crate::qemu::QemuInstall,
     },
+    /// TCP throughput NIC A → NIC B: sim-nics (IOMMU audit on, then off)
+    /// against QEMU's virtio-net pair; `runs` transfers of `bytes` each.
+    BenchNet {
+        runs: u32,
+        bytes: u64,
+        qemu: crate::qemu::QemuInstall,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -18,7 +18,12 @@ pub const L1_JOB: &str = "/etc/netmem/job.json";
 pub const L1_L2_KERNEL: &str = "/l2/vmlinuz";
 pub const L1_L2_INITRAMFS: &str = "/l2/initramfs.cpio";
 /// Kernel modules L1 needs to offer KVM (kvm_amd pulls kvm and irqbypass).
-pub const L1_MODULES: &[&str] = &["kvm_amd"];
+pub const L1_MODULES: &[&str] = &["kvm_amd", "virtio_blk"];
+/// Where the job inside L1 writes pcaps; they leave L1 as a tar stream on
+/// its virtio-blk disk (see `L1Config::out_disk`).
+pub const L1_PCAP_DIR: &str = "/tmp/pcap";
+/// Size of the (sparse) disk that carries the pcaps out of L1.
+const OUT_DISK_BYTES: u64 = 8 << 30;
 /// Where a copy of the host's QEMU lives inside L1 (bench jobs only).
 pub const L1_QEMU_BIN: &str = "/qemu/bin/qemu-system-x86_64";
 pub const L1_QEMU_LIB: &str = "/qemu/lib";
@@ -137,6 +142,9 @@ while read -r name path; do
   /bin/busybox insmod "$path" || echo "netmem-l1: insmod $name failed" > /dev/ttyS0
 done < /etc/netmem/modules.load
 /sbin/netmem-lab l1-job {L1_JOB}
+if [ -d {L1_PCAP_DIR} ] && [ -b /dev/vda ]; then
+  /bin/busybox tar -C {L1_PCAP_DIR} -cf /dev/vda . || echo "netmem-l1: pcap export failed" > /dev/ttyS0
+fi
 /bin/busybox sync
 /bin/busybox poweroff -f
 "#
@@ -144,7 +152,20 @@ done < /etc/netmem/modules.load
 }
 
 fn l1_cmdline() -> String {
-    "console=ttyS0 quiet panic=-1 rdinit=/init".into()
+    let mut c = String::from(
+        "console=ttyS0 quiet panic=-1 rdinit=/init transparent_hugepage=never numa_balancing=disable",
+    );
+    // The kernel hands unknown `key=value` parameters to init as
+    // environment: the job inside L1 logs at the host's level (to the L1
+    // console log, kept with NETMEM_LAB_KEEP_RUN).
+    if let Ok(filter) = std::env::var("RUST_LOG")
+        && !filter.is_empty()
+        && !filter.contains(char::is_whitespace)
+    {
+        c.push_str(" RUST_LOG=");
+        c.push_str(&filter);
+    }
+    c
 }
 
 /// Build the L1 initramfs for `job` (whose machine paths are host paths).
@@ -154,8 +175,13 @@ pub fn build_l1_initramfs(job: &Job, setup: &NestedSetup) -> Result<PathBuf, Str
     inner.machine.initramfs = L1_L2_INITRAMFS.into();
     inner.machine.hide_xsave = true;
     inner.scratch_dir = "/tmp".into();
+    if inner.machine.topology.pcap_dir.is_some() {
+        inner.machine.topology.pcap_dir = Some(L1_PCAP_DIR.into());
+    }
     let mut extra = Vec::new();
-    if let crate::job::JobCommand::BenchBoot { qemu, .. } = &mut inner.command {
+    if let crate::job::JobCommand::BenchBoot { qemu, .. }
+    | crate::job::JobCommand::BenchNet { qemu, .. } = &mut inner.command
+    {
         extra = qemu_files(&qemu.binary)?;
         *qemu = crate::qemu::QemuInstall {
             binary: L1_QEMU_BIN.into(),
@@ -231,7 +257,19 @@ pub fn run_nested(
         mem_mib: job.machine.mem_mib + L1_EXTRA_MIB,
         smp: 2,
         run_dir: setup.run_dir.clone(),
+        out_disk: None,
     };
+    let pcap_dir = job.machine.topology.pcap_dir.clone();
+    let mut cfg = cfg;
+    if pcap_dir.is_some() {
+        let disk = setup.run_dir.join("l1-out.tar");
+        let made = std::fs::File::create(&disk).and_then(|f| f.set_len(OUT_DISK_BYTES));
+        if let Err(e) = made {
+            return fail(format!("creating {}: {e}", disk.display()), vec![]);
+        }
+        cfg.out_disk = Some(disk);
+    }
+    let out_disk = cfg.out_disk.clone();
     sink.emit(Event::Progress {
         what: "booting L1".into(),
         detail: "QEMU TCG, -cpu max (SVM), kvm_amd inside".into(),
@@ -246,8 +284,8 @@ pub fn run_nested(
         detail: "event channel connected".into(),
     });
     // Watchdog for the whole L1 run: L1 boot + the job's own watchdogs.
-    let overall =
-        setup.l1_connect_timeout + Duration::from_secs(job.boot_timeout_s * job_boots(job) + 120);
+    let overall = setup.l1_connect_timeout
+        + Duration::from_secs(job.boot_timeout_s * job_boots(job) + job_work_s(job) + 120);
     let mut outcome: Option<Outcome> = None;
     loop {
         if cancel() {
@@ -311,7 +349,26 @@ pub fn run_nested(
             Err(e) => return fail(format!("L1 event channel: {e}"), l1.console_tail(40)),
         }
     }
-    l1.finish(Duration::from_secs(10));
+    // With pcaps, L1 still writes them out after its report.
+    l1.finish(Duration::from_secs(if out_disk.is_some() {
+        120
+    } else {
+        10
+    }));
+    if let (Some(disk), Some(dir)) = (&out_disk, &pcap_dir) {
+        match extract_pcaps(disk, dir) {
+            Ok(n) => sink.emit(Event::Step {
+                name: "pcaps copied out of L1".into(),
+                elapsed_ms: t0.elapsed().as_millis() as u64,
+                detail: format!("{n} file(s) in {}", dir.display()),
+            }),
+            Err(e) => sink.emit(Event::Log {
+                level: "warn".into(),
+                message: format!("pcaps: {e}"),
+            }),
+        }
+        let _ = std::fs::remove_file(disk);
+    }
     match outcome {
         Some(o) => o,
         None => fail(
@@ -321,10 +378,58 @@ pub fn run_nested(
     }
 }
 
+/// Unpack the tar stream L1 wrote onto its out disk into `dir`; returns
+/// how many pcap files arrived.
+fn extract_pcaps(disk: &Path, dir: &Path) -> Result<usize, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let out = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(disk)
+        .arg("-C")
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("running tar: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "tar -xf {}: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let n = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pcap"))
+        .count();
+    Ok(n)
+}
+
 fn job_boots(job: &Job) -> u64 {
     match job.command {
         crate::job::JobCommand::BenchBoot { runs, .. } => 2 * u64::from(runs.max(1)),
+        crate::job::JobCommand::BenchNet { .. } => 2,
         _ => 1,
+    }
+}
+
+/// Upper bound of a job's own work after boot: a scenario's step timeouts.
+fn job_work_s(job: &Job) -> u64 {
+    match &job.command {
+        crate::job::JobCommand::Scenario { toml, origin } => {
+            crate::scenario::Scenario::parse(toml, origin)
+                .map(|s| {
+                    s.steps
+                        .iter()
+                        .map(|st| st.timeout_s.unwrap_or_else(|| st.kind.default_timeout_s()))
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        // Three series of transfers, at the slowest rate seen nested (1 Mbit/s).
+        crate::job::JobCommand::BenchNet { runs, bytes, .. } => {
+            3 * u64::from(*runs) * (bytes / 125_000 + 30)
+        }
+        _ => 0,
     }
 }
 

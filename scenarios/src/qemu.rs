@@ -100,6 +100,37 @@ pub fn boot_once(
     run_dir: &Path,
     timeout: Duration,
 ) -> Result<Duration, String> {
+    with_guest(m, q, run_dir, timeout, &[], |_| ()).map(|(t, ())| t)
+}
+
+/// QEMU's side of `bench net`: two virtio-net functions at the PCI
+/// addresses of the lab's first two sim-nics (00:04.0, 00:05.0), joined by
+/// a QEMU hub, which passes every frame of one to the other (a wire).
+pub fn virtio_net_pair_args() -> Vec<String> {
+    let mut a = Vec::new();
+    for (i, slot) in [4u8, 5].iter().enumerate() {
+        a.extend([
+            "-netdev".into(),
+            format!("hubport,id=n{i},hubid=0"),
+            "-device".into(),
+            format!(
+                "virtio-net-pci,netdev=n{i},addr={slot:#x},mac=02:00:00:00:0{slot}:01,romfile="
+            ),
+        ]);
+    }
+    a
+}
+
+/// Boot `m` under QEMU with `extra` arguments, run `f` against its agent,
+/// and power it off. Returns the boot-to-agent time and `f`'s result.
+pub fn with_guest<T>(
+    m: &MachineSpec,
+    q: &QemuInstall,
+    run_dir: &Path,
+    timeout: Duration,
+    extra: &[String],
+    f: impl FnOnce(&mut Agent) -> T,
+) -> Result<(Duration, T), String> {
     let sock = run_dir.join("qemu-agent.sock");
     let con = run_dir.join("qemu-console.log");
     let _ = std::fs::remove_file(&sock);
@@ -109,6 +140,7 @@ pub fn boot_once(
     let start = Instant::now();
     let mut cmd = Command::new(&q.binary);
     cmd.args(qemu_args(m, &sock, &con, q.datadir.as_deref()))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -140,12 +172,30 @@ pub fn boot_once(
             .wait_ready(left)
             .map_err(|e| format!("QEMU guest agent: {e}; console tail: {}", tail(&con)))?;
         let t = start.elapsed();
+        let v = f(&mut agent);
         let _ = agent.shutdown();
-        Ok(t)
+        Ok((t, v))
     })();
     vmm::engine::wait_or_kill(&mut child, Duration::from_secs(20));
     let _ = std::fs::remove_file(&sock);
-    result
+    result.map_err(|e| {
+        // QEMU connects its chardevs before it builds the machine: a bad
+        // device or missing firmware shows up as a closed channel.
+        let mut err = String::new();
+        if let Some(mut s) = child.stderr.take() {
+            use std::io::Read;
+            let _ = s.read_to_string(&mut err);
+        }
+        let err: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.contains("is not connected to host network"))
+            .collect();
+        if err.is_empty() {
+            e
+        } else {
+            format!("{e}; QEMU said: {}", err.join(" | "))
+        }
+    })
 }
 
 fn tail(p: &Path) -> String {

@@ -196,6 +196,30 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Power the guest off through its agent and wait for the machine to end.
 pub fn power_off(b: &mut Booted) -> ExitReason {
+    // Release the NICs first, while the virtio-iommu still translates: at
+    // power-off Linux shuts the virtio devices (the IOMMU among them) down
+    // before gve, whose own shutdown then finds its admin queue unmapped
+    // (AQ timeouts, "Reset failed", ~15 s). Unbinding runs gve's remove path
+    // with the IOMMU alive, which is also the teardown a user would do.
+    if let Some(t) = &b.topology
+        && !t.bdfs.is_empty()
+    {
+        let script = t
+            .bdfs
+            .values()
+            .map(|bdf| {
+                format!(
+                    "[ -e /sys/bus/pci/drivers/gve/{bdf} ] && echo {bdf} > /sys/bus/pci/drivers/gve/unbind"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut spec = netmem_agent::client::RunSpec::new(&["/bin/sh", "-c", &script]);
+        spec.timeout = Some(Duration::from_secs(30));
+        if let Err(e) = b.agent.run_with(spec) {
+            tracing::warn!("unbinding gve before power-off: {e}");
+        }
+    }
     let _ = b.agent.shutdown();
     let r = match b.machine.wait_exit(Duration::from_secs(30)) {
         Some(r) => {
@@ -223,6 +247,9 @@ pub fn run_local(job: &Job, sink: Arc<dyn EventSink>, engine: &str) -> Outcome {
         }
         JobCommand::BenchBoot { runs, qemu } => {
             run_bench_boot(job, *runs, qemu, sink.clone(), t0, engine)
+        }
+        JobCommand::BenchNet { runs, bytes, qemu } => {
+            run_bench_net(job, *runs, *bytes, qemu, sink.clone(), t0, engine)
         }
     };
     match res {
@@ -259,6 +286,7 @@ fn command_name(c: &JobCommand) -> &'static str {
         JobCommand::Boot { .. } => "boot",
         JobCommand::Scenario { .. } => "scenario",
         JobCommand::BenchBoot { .. } => "bench-boot",
+        JobCommand::BenchNet { .. } => "bench-net",
     }
 }
 
@@ -367,6 +395,191 @@ fn run_boot(
     Ok(Outcome {
         exit_code: if clean { EXIT_OK } else { EXIT_LAB_ERROR },
         report,
+    })
+}
+
+/// The traffic of `bench net`, as a scenario: nic1 into netns `remote`
+/// (with `setup`), then `runs` verified transfers nic0 → nic1.
+pub fn bench_net_toml(runs: u32, bytes: u64, setup: bool) -> String {
+    let mut t = String::from(
+        r#"name = "bench-net"
+description = "TCP throughput nic0 -> nic1"
+"#,
+    );
+    if setup {
+        t.push_str(
+            r#"
+[[topology.nic]]
+name = "nic0"
+
+[[topology.nic]]
+name = "nic1"
+
+[[topology.wire]]
+a = "nic0"
+b = "nic1"
+
+[[step]]
+name = "nic1 into netns remote"
+kind = "netns-setup"
+nic = "nic1"
+netns = "remote"
+addrs = ["10.0.0.2/24"]
+
+[[step]]
+name = "nic0 address"
+kind = "netns-setup"
+nic = "nic0"
+addrs = ["10.0.0.1/24"]
+"#,
+        );
+    }
+    for i in 0..runs {
+        t.push_str(&format!(
+            "\n[[step]]\nname = \"transfer {n}\"\nkind = \"tcp-transfer\"\nto_netns = \"remote\"\nto = \"10.0.0.2\"\nport = {port}\nbytes = {bytes}\nseed = {n}\ntimeout_s = {tmo}\n",
+            n = i + 1,
+            port = 5301 + i,
+            tmo = bytes / 125_000 + 60,
+        ));
+    }
+    t.push_str("\n[expect.default]\nverdict = \"pass\"\n");
+    t
+}
+
+/// Mbit/s of every transfer step of `o`, or why there is none.
+fn transfer_rates(o: &crate::steps::ScenarioOutcome) -> Result<Vec<f64>, String> {
+    if let Some(e) = &o.error {
+        return Err(e.clone());
+    }
+    let mut rates = Vec::new();
+    for st in &o.steps {
+        if !st.ok {
+            return Err(format!("step {:?}: {}", st.name, st.detail));
+        }
+        if st.kind != "tcp-transfer" {
+            continue;
+        }
+        let d = &st.data;
+        let ms = d["sink"]["elapsed_ms"]
+            .as_u64()
+            .or_else(|| d["source"]["elapsed_ms"].as_u64())
+            .filter(|&ms| ms > 0)
+            .ok_or_else(|| format!("step {:?}: no elapsed time", st.name))?;
+        let bytes = d["payload"]["verified_bytes"].as_u64().unwrap_or(0);
+        rates.push(bytes as f64 * 8.0 / 1000.0 / ms as f64);
+    }
+    Ok(rates)
+}
+
+fn median_f(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn run_bench_net(
+    job: &Job,
+    runs: u32,
+    bytes: u64,
+    qemu: &crate::qemu::QemuInstall,
+    sink: Arc<dyn EventSink>,
+    t0: Instant,
+    engine: &str,
+) -> Result<Outcome, RunFailure> {
+    let runs = runs.max(1);
+    let fail = |message: String| RunFailure {
+        message,
+        console_tail: vec![],
+    };
+    let parse = |setup| {
+        crate::scenario::Scenario::parse(&bench_net_toml(runs, bytes, setup), "bench-net")
+            .map_err(|e| fail(e.to_string()))
+    };
+    let (scn, again) = (parse(true)?, parse(false)?);
+    let kid = "default";
+    let mut b = boot(job, sink.clone(), t0)?;
+    let nic_map = b
+        .topology
+        .as_ref()
+        .map(|t| t.bdfs.clone())
+        .unwrap_or_default();
+    if nic_map.len() < 2 {
+        power_off(&mut b);
+        return Err(fail("bench net needs two sim-nics (--nics 2)".into()));
+    }
+    let audit = b.machine.devices().audit().clone();
+    let mut series = Vec::new();
+    let none = std::collections::BTreeMap::new();
+    for (label, recording) in [("audit on", true), ("audit off", false)] {
+        audit.set_recording(recording);
+        // The second series finds the NICs already set up (nic1 has left
+        // the initial netns, where the runner looks NICs up).
+        let (s, m) = if recording {
+            (&scn, &nic_map)
+        } else {
+            (&again, &none)
+        };
+        let o = crate::steps::run_scenario_steps(s, kid, m, &mut b.agent, &*sink);
+        match transfer_rates(&o) {
+            Ok(r) => {
+                step(
+                    &*sink,
+                    t0,
+                    &format!("bench: sim-nic, {label}"),
+                    format!("Mbit/s per run: {r:.1?}"),
+                );
+                series.push(r);
+            }
+            Err(e) => {
+                power_off(&mut b);
+                return Err(fail(format!("sim-nic ({label}): {e}")));
+            }
+        }
+    }
+    audit.set_recording(true);
+    power_off(&mut b);
+    let extra = crate::qemu::virtio_net_pair_args();
+    let (_, q) = crate::qemu::with_guest(
+        &job.machine,
+        qemu,
+        &job.scratch_dir,
+        Duration::from_secs(job.boot_timeout_s),
+        &extra,
+        |agent| crate::steps::run_scenario_steps(&scn, kid, &nic_map, agent, &*sink),
+    )
+    .map_err(|e| fail(format!("QEMU baseline: {e}")))?;
+    let theirs = transfer_rates(&q).map_err(|e| fail(format!("QEMU virtio-net: {e}")))?;
+    step(
+        &*sink,
+        t0,
+        "bench: QEMU virtio-net",
+        format!("Mbit/s per run: {theirs:.1?}"),
+    );
+    let (on, off, qm) = (
+        median_f(&series[0]),
+        median_f(&series[1]),
+        median_f(&theirs),
+    );
+    let ratio = if qm > 0.0 { on / qm } else { 0.0 };
+    let audit_cost = if off > 0.0 { (off - on) / off } else { 0.0 };
+    Ok(Outcome {
+        exit_code: EXIT_OK,
+        report: json!({
+            "command": "bench-net",
+            "kernel": {"spec": job.kernel_spec, "release": job.kernel_release},
+            "engine": engine,
+            "metric": "tcp_mbit_per_s",
+            "bytes_per_run": bytes,
+            "vmm": {
+                "device": "sim-nic (gve DQO-RDA) behind virtio-iommu",
+                "audit_on": {"runs_mbit_s": series[0], "median_mbit_s": on},
+                "audit_off": {"runs_mbit_s": series[1], "median_mbit_s": off},
+            },
+            "qemu": {"device": "virtio-net-pci pair on a hub", "machine": "q35", "accel": "kvm",
+                     "runs_mbit_s": theirs, "median_mbit_s": qm},
+            "ratio_vmm_over_qemu": ratio,
+            "audit_slowdown": audit_cost,
+        }),
     })
 }
 
@@ -493,4 +706,31 @@ fn run_scenario(
         exit_code: code,
         report: json,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{Scenario, StepKind};
+
+    #[test]
+    fn bench_net_scenarios_parse_with_and_without_setup() {
+        let full = Scenario::parse(&bench_net_toml(3, 1 << 20, true), "t").unwrap();
+        assert_eq!(full.steps.len(), 5);
+        assert!(matches!(full.steps[0].kind, StepKind::NetnsSetup { .. }));
+        let again = Scenario::parse(&bench_net_toml(2, 1 << 20, false), "t").unwrap();
+        assert_eq!(again.steps.len(), 2);
+        assert!(
+            again
+                .steps
+                .iter()
+                .all(|s| matches!(s.kind, StepKind::TcpTransfer { bytes, .. } if bytes == 1 << 20))
+        );
+    }
+
+    #[test]
+    fn median_of_rates() {
+        assert_eq!(median_f(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median_f(&[]), 0.0);
+    }
 }

@@ -383,7 +383,7 @@ fn resolve_nics<E: GuestExec>(
         return Ok(BTreeMap::new());
     }
     let script = format!(
-        "for d in {}; do for n in /sys/bus/pci/devices/$d/net/*; do [ -e \"$n\" ] && echo \"$d ${{n##*/}}\"; done; done; true",
+        "for d in {}; do for n in /sys/bus/pci/devices/$d/net/* /sys/bus/pci/devices/$d/virtio*/net/*; do [ -e \"$n\" ] && echo \"$d ${{n##*/}}\"; done; done; true",
         want.values().cloned().collect::<Vec<_>>().join(" ")
     );
     let argv = sh(&script);

@@ -122,6 +122,9 @@ pub struct L1Config {
     pub mem_mib: u64,
     pub smp: u8,
     pub run_dir: PathBuf,
+    /// A raw file L1 sees as a virtio-blk disk (/dev/vda): the way files
+    /// made inside L1 (pcaps) come back, as a tar stream.
+    pub out_disk: Option<PathBuf>,
 }
 
 impl L1Config {
@@ -151,6 +154,12 @@ impl L1Config {
             "-device".into(),
             format!("virtserialport,chardev=ev,name={EVENT_PORT_NAME}"),
         ]);
+        if let Some(d) = &self.out_disk {
+            a.extend([
+                "-drive".into(),
+                format!("file={},format=raw,if=virtio,cache=unsafe", d.display()),
+            ]);
+        }
         a
     }
 }
@@ -414,10 +423,18 @@ mod tests {
             mem_mib: 4096,
             smp: 2,
             run_dir: "/tmp/r".into(),
+            out_disk: None,
         };
         let a = c.qemu_args().join(" ");
         assert!(a.contains("-accel tcg,thread=multi -cpu max -smp 2"));
         assert!(a.contains("name=netmem.events"));
         assert!(a.contains("path=/tmp/r/l1-events.sock"));
+        assert!(!a.contains("-drive"));
+        let c = L1Config {
+            out_disk: Some("/tmp/r/out.tar".into()),
+            ..c
+        };
+        let a = c.qemu_args().join(" ");
+        assert!(a.contains("-drive file=/tmp/r/out.tar,format=raw,if=virtio"));
     }
 }
