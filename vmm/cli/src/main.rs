@@ -59,6 +59,8 @@ enum Command {
     NetnsExec(cmd::ToolArgs),
     #[command(hide = true, name = "netns-setup")]
     NetnsSetup(cmd::ToolArgs),
+    #[command(hide = true, name = "ethtool")]
+    Ethtool(cmd::ToolArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::NetnsAdd(a) => cmd::guest_tool("netns-add", a),
         Command::NetnsExec(a) => cmd::guest_tool("netns-exec", a),
         Command::NetnsSetup(a) => cmd::guest_tool("netns-setup", a),
+        Command::Ethtool(a) => cmd::guest_tool("ethtool", a),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
