@@ -372,7 +372,10 @@ pub fn run_nested(
     match outcome {
         Some(o) => o,
         None => fail(
-            "the L1 guest ended without a report".into(),
+            match l1.last_reset_state() {
+                Some(r) => format!("the L1 guest ended without a report; QEMU logged: {r}"),
+                None => "the L1 guest ended without a report".into(),
+            },
             l1.console_tail(40),
         ),
     }

@@ -196,29 +196,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Power the guest off through its agent and wait for the machine to end.
 pub fn power_off(b: &mut Booted) -> ExitReason {
-    // Release the NICs first, while the virtio-iommu still translates: at
-    // power-off Linux shuts the virtio devices (the IOMMU among them) down
-    // before gve, whose own shutdown then finds its admin queue unmapped
-    // (AQ timeouts, "Reset failed", ~15 s). Unbinding runs gve's remove path
-    // with the IOMMU alive, which is also the teardown a user would do.
-    if let Some(t) = &b.topology
-        && !t.bdfs.is_empty()
-    {
-        let script = t
-            .bdfs
-            .values()
-            .map(|bdf| {
-                format!(
-                    "[ -e /sys/bus/pci/drivers/gve/{bdf} ] && echo {bdf} > /sys/bus/pci/drivers/gve/unbind"
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut spec = netmem_agent::client::RunSpec::new(&["/bin/sh", "-c", &script]);
-        spec.timeout = Some(Duration::from_secs(30));
-        if let Err(e) = b.agent.run_with(spec) {
-            tracing::warn!("unbinding gve before power-off: {e}");
+    // With sim-nics the lab stops the machine itself once it has what it
+    // needs: a guest power-off shuts the virtio devices (the IOMMU among
+    // them) down before gve, whose own shutdown then finds its admin queue
+    // unmapped (AQ timeouts and "Reset failed" for ~15 s), and unbinding gve
+    // first after heavy traffic was seen to take 90 s. Nothing in the guest
+    // needs to be saved.
+    if b.topology.as_ref().is_some_and(|t| !t.bdfs.is_empty()) {
+        let r = b
+            .machine
+            .stop("the lab stopped the guest after its last step");
+        if let Some(t) = &b.topology {
+            t.shutdown();
         }
+        return r;
     }
     let _ = b.agent.shutdown();
     let r = match b.machine.wait_exit(Duration::from_secs(30)) {

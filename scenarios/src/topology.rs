@@ -147,6 +147,9 @@ pub fn finish(
         .take()
         .ok_or("topology not built")?;
     let mut wires = Vec::new();
+    if let Some(d) = &spec.pcap_dir {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
     for (a, b) in &spec.wires {
         let pa = st
             .ports

@@ -154,6 +154,14 @@ impl L1Config {
             "-device".into(),
             format!("virtserialport,chardev=ev,name={EVENT_PORT_NAME}"),
         ]);
+        // CPU state at every reset, so an L1 that dies without a word (a
+        // triple fault) leaves where it was.
+        a.extend([
+            "-d".into(),
+            "cpu_reset".into(),
+            "-D".into(),
+            self.run_dir.join("qemu-debug.log").display().to_string(),
+        ]);
         if let Some(d) = &self.out_disk {
             a.extend([
                 "-drive".into(),
@@ -354,6 +362,28 @@ impl L1Guest {
 
     pub fn qemu_stderr(&self) -> String {
         std::fs::read_to_string(self.cfg.run_dir.join("qemu-stderr.log")).unwrap_or_default()
+    }
+
+    /// Where L1's CPUs were at their last reset, if QEMU logged one after
+    /// the power-on resets (the state lines of the last "CPU Reset" dump).
+    pub fn last_reset_state(&self) -> Option<String> {
+        let log = std::fs::read_to_string(self.cfg.run_dir.join("qemu-debug.log")).ok()?;
+        let blocks: Vec<&str> = log.split("CPU Reset").collect();
+        // One dump per vCPU at power-on; more means a reset while running.
+        if blocks.len() <= 1 + usize::from(self.cfg.smp) {
+            return None;
+        }
+        let last = blocks.last()?;
+        let lines: Vec<&str> = last
+            .lines()
+            .filter(|l| {
+                ["RIP=", "EIP=", "CR0=", "EFL="]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .take(3)
+            .collect();
+        Some(format!("CPU Reset{}", lines.join(" | ")))
     }
 
     /// Last `n` lines of the L1 serial console.

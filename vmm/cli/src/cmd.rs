@@ -541,11 +541,6 @@ pub fn scenario(a: ScenarioArgs) -> i32 {
         };
         if let Some(d) = &a.pcap {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            if p.engine == Engine::Nested {
-                eprintln!(
-                    "note: --pcap is written inside L1 on the nested engine and not brought back yet"
-                );
-            }
             p.job.machine.topology.pcap_dir = Some(d.canonicalize()?);
         }
         let out = execute(&p, sink.clone())?;
