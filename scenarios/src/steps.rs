@@ -1085,7 +1085,7 @@ mod tests {
         );
         assert_eq!(o.verdict, Verdict::Fail);
         assert_eq!(o.verdict.exit_code(), 1);
-        let t = o.steps.last().unwrap();
+        let t = o.steps.iter().find(|s| s.kind == "tcp-transfer").unwrap();
         assert!(!t.ok && !t.as_expected);
         assert!(t.detail.contains("offset 100000"), "{}", t.detail);
         assert_eq!(o.payload.verified_bytes, 100_000);
