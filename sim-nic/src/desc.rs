@@ -206,6 +206,9 @@ pub struct RxCompl {
     pub csum_ip_err: bool,
     pub csum_l4_err: bool,
     pub buf_id: u16,
+    /// `rsc_seg_len` (union with `raw_cs`): the MSS of a coalesced packet,
+    /// read from the end-of-packet completion when `rsc` is set.
+    pub rsc_seg_len: u16,
     pub hash: u32,
 }
 
@@ -231,6 +234,7 @@ impl RxCompl {
             | (u8::from(self.csum_ip_err) << 4)
             | (u8::from(self.csum_l4_err) << 5);
         b[12..14].copy_from_slice(&self.buf_id.to_le_bytes());
+        b[14..16].copy_from_slice(&self.rsc_seg_len.to_le_bytes());
         b[16..20].copy_from_slice(&self.hash.to_le_bytes());
         b
     }
@@ -253,6 +257,7 @@ impl RxCompl {
             csum_ip_err: b[8] & 0x10 != 0,
             csum_l4_err: b[8] & 0x20 != 0,
             buf_id: u16::from_le_bytes([b[12], b[13]]),
+            rsc_seg_len: u16::from_le_bytes([b[14], b[15]]),
             hash: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
         }
     }
@@ -315,6 +320,15 @@ mod tests {
         };
         let b = c.encode();
         assert_eq!(b[0], 1);
+        assert_eq!(RxCompl::parse(&b), c);
+        let c = RxCompl {
+            rsc: true,
+            rsc_seg_len: 1448,
+            ..c
+        };
+        let b = c.encode();
+        assert_eq!(b[7] & 0x04, 0x04, "rsc is bit 10 of the header_len word");
+        assert_eq!(u16::from_le_bytes([b[14], b[15]]), 1448);
         assert_eq!(RxCompl::parse(&b), c);
     }
 }

@@ -73,6 +73,9 @@ pub struct GveConfig {
     pub rx_hold: Duration,
     /// Drop frames whose L3/L4 checksum is wrong (instead of flagging them).
     pub drop_bad_rx_checksum: bool,
+    /// Receive-side coalescing (HW-GRO/RSC) on queues created with
+    /// `enable_rsc` (false: the device never coalesces).
+    pub rx_coalescing: bool,
     /// Run a worker thread (false: the owner calls `NicHandle::poll`).
     pub spawn_worker: bool,
     /// Do the work a doorbell asks for on the thread that rang it (the
@@ -107,6 +110,7 @@ impl Default for GveConfig {
             rx_pending_frames: 1024,
             rx_hold: Duration::from_millis(200),
             drop_bad_rx_checksum: true,
+            rx_coalescing: true,
             spawn_worker: true,
             inline_doorbells: true,
             stats_refresh: Duration::from_secs(1),

@@ -48,6 +48,7 @@ pub mod fuzz;
 pub mod packet;
 pub mod pcap;
 pub mod regs;
+pub mod rsc;
 pub mod rss;
 pub mod rx;
 pub mod stats;

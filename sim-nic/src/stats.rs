@@ -55,6 +55,11 @@ counters! {
     rx_bytes,
     /// Frames header-split.
     rx_hsplit,
+    /// Coalesced (HW-GRO/RSC) packets delivered: one completion chain with
+    /// `rsc` set, made of two or more frames.
+    rx_rsc_packets,
+    /// Frames that went into coalesced packets (also in `rx_frames`).
+    rx_rsc_segments,
     /// Frames dropped: no RX queue to deliver to (or device not running).
     rx_no_queue,
     /// Frames dropped: the RX queue had no buffers for too long.

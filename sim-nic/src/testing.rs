@@ -350,6 +350,14 @@ pub struct FakeDriver {
     pub ring_size_tx: u32,
     pub ring_size_rx: u32,
     pub header_split: bool,
+    /// `enable_rsc` of the RX queues created from now on (the driver sets
+    /// it from NETIF_F_GRO_HW, on by default in DQO mode).
+    pub enable_rsc: bool,
+    /// At most this many RX buffers outstanding per queue (tests of buffer
+    /// shortage; `u32::MAX`: as many as the ring holds). When it limits
+    /// posting, the doorbell is rung after every posting round instead of
+    /// every `RX_BUF_THRESH` buffers.
+    pub rx_post_max: u32,
     /// RX queue count the RSS LUT was last configured for.
     pub rss_queues: u32,
     pub header_buf_size: u16,
@@ -415,6 +423,8 @@ impl FakeDriver {
             ring_size_tx: 0,
             ring_size_rx: 0,
             header_split: false,
+            enable_rsc: true,
+            rx_post_max: u32::MAX,
             rss_queues: 0,
             header_buf_size: 0,
             packet_buf_size: 2048,
@@ -665,7 +675,7 @@ impl FakeDriver {
             rx_ring_size: size as u16,
             packet_buffer_size: pbs as u16,
             rx_buff_ring_size: size as u16,
-            enable_rsc: 1,
+            enable_rsc: u8::from(self.enable_rsc),
             header_buffer_size: hbs as u16,
         })
     }
@@ -792,8 +802,10 @@ impl FakeDriver {
         };
         let mask = r.size - 1;
         let mut dbs = Vec::new();
+        let limited = self.rx_post_max != u32::MAX;
+        let start = r.tail;
         // Outstanding buffers never exceed size - 1.
-        while r.free.len() > 1 {
+        while r.free.len() > 1 && (r.size as usize - r.free.len()) < self.rx_post_max as usize {
             let Some(id) = r.free.pop_front() else { break };
             let d = RxBufDesc {
                 buf_id: id,
@@ -809,6 +821,9 @@ impl FakeDriver {
             if r.tail % RX_BUF_THRESH == 0 {
                 dbs.push((r.db_index, r.tail));
             }
+        }
+        if limited && r.tail != start && dbs.last().is_none_or(|d| d.1 != r.tail) {
+            dbs.push((r.db_index, r.tail));
         }
         for (i, v) in dbs {
             self.doorbell(i, v);

@@ -171,6 +171,9 @@ fn tcp_back_to_back_with_header_split() {
 fn tso_64k_into_mss_segments() {
     let (mut a, mut b, _w) = pair(test_config, WireOptions::default());
     a.up(1, true).unwrap();
+    // Per-segment delivery: B's queue without HW-GRO (tests/rsc.rs covers
+    // the coalesced path).
+    b.enable_rsc = false;
     b.up(1, true).unwrap();
     let payload: Vec<u8> = (0..65_000u32).map(|i| (i % 251) as u8).collect();
     let pkt = build::tcp4(
@@ -616,6 +619,7 @@ fn inline_doorbell_reaches_the_peer_without_polling() {
         };
         let (mut a, mut b, _w) = pair(cfg, WireOptions::default());
         a.up(1, true).unwrap();
+        b.enable_rsc = false;
         b.up(1, true).unwrap();
         let payload = vec![0x5au8; 3000];
         let pkt = build::tcp4(
