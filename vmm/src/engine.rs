@@ -137,9 +137,13 @@ impl L1Config {
 
     /// The QEMU command line (TCG, SVM exposed by `-cpu max`).
     pub fn qemu_args(&self) -> Vec<String> {
-        let mut a: Vec<String> = ["-accel", "tcg,thread=multi", "-cpu", "max"]
-            .map(String::from)
-            .to_vec();
+        // NETMEM_LAB_L1_ACCEL overrides the accelerator (e.g.
+        // `tcg,thread=single` to rule out multi-threaded TCG).
+        let accel = std::env::var("NETMEM_LAB_L1_ACCEL")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "tcg,thread=multi".into());
+        let mut a: Vec<String> = vec!["-accel".into(), accel, "-cpu".into(), "max".into()];
         a.extend(direct_boot_args(
             &self.kernel,
             &self.initramfs,
@@ -362,28 +366,6 @@ impl L1Guest {
 
     pub fn qemu_stderr(&self) -> String {
         std::fs::read_to_string(self.cfg.run_dir.join("qemu-stderr.log")).unwrap_or_default()
-    }
-
-    /// Where L1's CPUs were at their last reset, if QEMU logged one after
-    /// the power-on resets (the state lines of the last "CPU Reset" dump).
-    pub fn last_reset_state(&self) -> Option<String> {
-        let log = std::fs::read_to_string(self.cfg.run_dir.join("qemu-debug.log")).ok()?;
-        let blocks: Vec<&str> = log.split("CPU Reset").collect();
-        // One dump per vCPU at power-on; more means a reset while running.
-        if blocks.len() <= 1 + usize::from(self.cfg.smp) {
-            return None;
-        }
-        let last = blocks.last()?;
-        let lines: Vec<&str> = last
-            .lines()
-            .filter(|l| {
-                ["RIP=", "EIP=", "CR0=", "EFL="]
-                    .iter()
-                    .any(|k| l.contains(k))
-            })
-            .take(3)
-            .collect();
-        Some(format!("CPU Reset{}", lines.join(" | ")))
     }
 
     /// Last `n` lines of the L1 serial console.
