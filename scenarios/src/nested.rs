@@ -248,6 +248,9 @@ pub fn run_nested(
             level: "warn".into(),
             message: "the L1 guest (QEMU TCG) was lost mid-run; running the job once more".into(),
         });
+        // Keep the lost attempt's QEMU log next to the retry's.
+        let log = setup.run_dir.join("qemu-debug.log");
+        let _ = std::fs::rename(&log, setup.run_dir.join("qemu-debug.attempt1.log"));
         o = run_nested_once(job, setup, sink, cancel);
         o.report["l1_retries"] = json!(1);
     }
@@ -382,7 +385,7 @@ fn run_nested_once(
         }
     }
     // With pcaps, L1 still writes them out after its report.
-    l1.finish(Duration::from_secs(if out_disk.is_some() {
+    let exit_status = l1.finish(Duration::from_secs(if out_disk.is_some() {
         120
     } else {
         10
@@ -405,7 +408,9 @@ fn run_nested_once(
         Some(o) => o,
         None => fail(
             format!(
-                "{L1_LOST} (QEMU's reset log: {}/qemu-debug.log, kept with NETMEM_LAB_KEEP_RUN=1)",
+                "{L1_LOST}: QEMU {}; {} (QEMU's log: {}/qemu-debug.log, kept with NETMEM_LAB_KEEP_RUN=1)",
+                exit_status.map_or("was killed".to_string(), |s| format!("exited ({s})")),
+                l1.reset_summary(),
                 setup.run_dir.display()
             ),
             l1.console_tail(40),

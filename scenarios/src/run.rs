@@ -462,12 +462,6 @@ fn transfer_rates(o: &crate::steps::ScenarioOutcome) -> Result<Vec<f64>, String>
     Ok(rates)
 }
 
-fn median_f(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
-}
-
 fn run_bench_net(
     job: &Job,
     runs: u32,
@@ -546,11 +540,7 @@ fn run_bench_net(
         "bench: QEMU virtio-net",
         format!("Mbit/s per run: {theirs:.1?}"),
     );
-    let (on, off, qm) = (
-        median_f(&series[0]),
-        median_f(&series[1]),
-        median_f(&theirs),
-    );
+    let (on, off, qm) = (median(&series[0]), median(&series[1]), median(&theirs));
     let ratio = if qm > 0.0 { on / qm } else { 0.0 };
     let audit_cost = if off > 0.0 { (off - on) / off } else { 0.0 };
     Ok(Outcome {
@@ -635,13 +625,11 @@ fn run_bench_boot(
     })
 }
 
-pub fn median(v: &[u64]) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
+/// The middle value (the upper one of an even count); the default for none.
+pub fn median<T: Copy + Default + PartialOrd>(v: &[T]) -> T {
     let mut s = v.to_vec();
-    s.sort_unstable();
-    s[s.len() / 2]
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    s.get(s.len() / 2).copied().unwrap_or_default()
 }
 
 fn run_scenario(
@@ -669,6 +657,10 @@ fn run_scenario(
         .unwrap_or_default();
     let outcome =
         crate::steps::run_scenario_steps(&scn, &job.kernel_spec, &nic_map, &mut b.agent, &*sink);
+    let vcpus_at_error = outcome
+        .error
+        .as_ref()
+        .map(|_| vcpu_state(&b.machine, &*sink));
     let dma = crate::report::DmaSummary::from_report(&b.machine.dma_report()).ok();
     let nics = b.topology.as_ref().map(|t| t.stats());
     let exit = power_off(&mut b);
@@ -688,6 +680,9 @@ fn run_scenario(
     );
     let mut json = report.to_json();
     json["nics"] = json!(nics);
+    if let Some(v) = vcpus_at_error {
+        json["vcpus_at_error"] = v;
+    }
     json["junit"] = json!(report.junit());
     let mut summary = Vec::new();
     let _ = report.print_summary(&mut summary);
@@ -697,6 +692,39 @@ fn run_scenario(
         exit_code: code,
         report: json,
     })
+}
+
+/// The vCPUs' state of a guest the lab gave up on (an agent that stopped
+/// answering): logged, and returned for the report.
+fn vcpu_state(m: &vmm::machine::Machine, sink: &dyn EventSink) -> serde_json::Value {
+    let snaps = m.vcpu_snapshots(Duration::from_secs(2));
+    for (i, s) in snaps.iter().enumerate() {
+        let message = match s {
+            Some(s) => format!(
+                "vcpu{}: rip {:#x} IF={} mp_state {} injected {:?} nmi {} apic irr {:?} isr {:?} tpr {:#x} lvtt {:#x} tmict {} tmcct {} tsc_deadline {} tsc {}",
+                s.id,
+                s.rip,
+                u8::from(s.interrupts_enabled),
+                s.mp_state,
+                s.injected_irq,
+                s.nmi_pending,
+                s.apic_irr_top,
+                s.apic_isr_top,
+                s.apic_tpr,
+                s.apic_lvtt,
+                s.apic_tmict,
+                s.apic_tmcct,
+                s.tsc_deadline,
+                s.tsc
+            ),
+            None => format!("vcpu{i}: no answer (its thread is busy outside KVM_RUN)"),
+        };
+        sink.emit(Event::Log {
+            level: "warn".into(),
+            message,
+        });
+    }
+    json!(snaps)
 }
 
 #[cfg(test)]
@@ -721,7 +749,8 @@ mod tests {
 
     #[test]
     fn median_of_rates() {
-        assert_eq!(median_f(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median_f(&[]), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median::<f64>(&[]), 0.0);
+        assert_eq!(median(&[5u64, 9, 1, 7]), 7);
     }
 }

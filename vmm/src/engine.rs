@@ -279,6 +279,42 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) {
     let _ = child.wait();
 }
 
+/// Resets QEMU logs for a normal boot of an `smp`-CPU machine: each CPU at
+/// creation, each at the machine reset, and each AP's INIT from the kernel.
+fn boot_resets(smp: u8) -> usize {
+    3 * usize::from(smp) - 1
+}
+
+/// See [`L1Guest::reset_summary`].
+pub fn summarize_reset_log(log: &str, smp: u8) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let resets: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("CPU Reset"))
+        .map(|(i, _)| i)
+        .collect();
+    let extra = resets.len().saturating_sub(boot_resets(smp));
+    if extra == 0 {
+        return format!(
+            "no CPU reset after boot in QEMU's log ({} logged)",
+            resets.len()
+        );
+    }
+    let last = *resets.last().expect("extra > 0");
+    let rip = lines[last..]
+        .iter()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("RIP=") || w.starts_with("EIP="))
+        })
+        .unwrap_or("RIP=?");
+    format!(
+        "{extra} CPU reset(s) after boot in QEMU's log, the last: {} {rip} (an L1 triple fault)",
+        lines[last].trim()
+    )
+}
+
 /// A running L1 guest. Dropping it kills QEMU.
 pub struct L1Guest {
     child: Option<Child>,
@@ -379,11 +415,29 @@ impl L1Guest {
         lines[lines.len().saturating_sub(n)..].to_vec()
     }
 
-    /// Wait up to `timeout` for QEMU to exit by itself, then kill it.
-    pub fn finish(&mut self, timeout: Duration) {
-        if let Some(mut c) = self.child.take() {
-            wait_or_kill(&mut c, timeout);
+    /// Wait up to `timeout` for QEMU to exit by itself, then kill it;
+    /// returns QEMU's exit status (`None` when the lab had to kill it).
+    pub fn finish(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// What QEMU's `-d cpu_reset` log says about an L1 that ended: how many
+    /// CPU resets past the boot's own, and the last one's header and RIP
+    /// line. An extra reset with `-no-reboot` is an L1 triple fault.
+    pub fn reset_summary(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.cfg.run_dir.join("qemu-debug.log")).unwrap_or_default();
+        summarize_reset_log(&log, self.cfg.smp)
     }
 
     pub fn kill(&mut self) {
@@ -403,6 +457,24 @@ impl Drop for L1Guest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reset(cpu: u8, rip: &str) -> String {
+        format!("CPU Reset (CPU {cpu})\nRAX=0 RBX=0\nRIP={rip} RFL=00000002 [-------] CPL=0\n")
+    }
+
+    #[test]
+    fn reset_log_of_a_normal_boot_is_quiet_and_an_extra_reset_is_named() {
+        let boot: String = [0, 1, 0, 1, 1]
+            .iter()
+            .map(|&c| reset(c, "0000000000000000"))
+            .collect();
+        assert!(summarize_reset_log(&boot, 2).starts_with("no CPU reset after boot"));
+        let lost = boot + &reset(1, "ffffffff81234567");
+        let s = summarize_reset_log(&lost, 2);
+        assert!(s.starts_with("1 CPU reset(s) after boot"), "{s}");
+        assert!(s.contains("CPU Reset (CPU 1) RIP=ffffffff81234567"), "{s}");
+        assert!(summarize_reset_log("", 2).starts_with("no CPU reset"));
+    }
 
     #[test]
     fn detects_kvm_kinds() {

@@ -353,6 +353,12 @@ impl Machine {
         self.devices.dma_report()
     }
 
+    /// Every vCPU's state, for a guest that stopped answering (`None` for a
+    /// vCPU whose thread did not answer within `timeout`). The guest resumes.
+    pub fn vcpu_snapshots(&self, timeout: Duration) -> Vec<Option<crate::vcpu::VcpuSnapshot>> {
+        self.vcpus.iter().map(|v| v.snapshot(timeout)).collect()
+    }
+
     /// Stop the vCPUs (recording `why` unless the guest already ended) and
     /// the device threads.
     pub fn stop(&mut self, why: &str) -> ExitReason {

@@ -19,11 +19,11 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_iommu",
     "virtio_rng",
     "gve",
-    // QEMU's side of `bench net` (nothing binds to it in our VMM).
-    "virtio_net",
     "sch_ingress",
     "cls_bpf",
 ];
+/// `bench net` also loads these: QEMU's side of the comparison.
+pub const BENCH_NET_MODULES: &[&str] = &["virtio_net"];
 /// Busybox from Debian's busybox-static.
 pub const BUSYBOX: &str = "/bin/busybox";
 /// QEMU for the nested engine (Debian's qemu-system-x86).
@@ -239,7 +239,15 @@ fn prepare(m: &MachineArgs, command: JobCommand, sink: &dyn EventSink) -> Result
     spec.busybox = BUSYBOX.into();
     spec.modules_dir = k.modules_dir.clone();
     spec.modules = if k.modules_dir.is_some() {
-        GUEST_MODULES.iter().map(|s| s.to_string()).collect()
+        let extra = match command {
+            JobCommand::BenchNet { .. } => BENCH_NET_MODULES,
+            _ => &[],
+        };
+        GUEST_MODULES
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
     } else {
         vec![]
     };
@@ -381,27 +389,17 @@ pub fn boot(a: BootArgs) -> i32 {
 
 pub fn bench(what: BenchWhat) -> i32 {
     install_cancel_handlers();
-    match what {
+    let qemu = scenarios::qemu::QemuInstall {
+        binary: QEMU.into(),
+        datadir: None,
+        libdir: None,
+    };
+    let (machine, command, json) = match what {
         BenchWhat::Boot {
             machine,
             runs,
             json,
-        } => {
-            let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(machine.console));
-            let res = (|| -> Result<i32> {
-                let qemu = scenarios::qemu::QemuInstall {
-                    binary: QEMU.into(),
-                    datadir: None,
-                    libdir: None,
-                };
-                let p = prepare(&machine, JobCommand::BenchBoot { runs, qemu }, &*sink)?;
-                let out = execute(&p, sink.clone())?;
-                write_json(&json, &out.report)?;
-                println!("{}", serde_json::to_string_pretty(&out.report)?);
-                Ok(out.exit_code)
-            })();
-            res.unwrap_or_else(|e| report_error(&e))
-        }
+        } => (machine, JobCommand::BenchBoot { runs, qemu }, json),
         BenchWhat::Net {
             mut machine,
             runs,
@@ -410,22 +408,18 @@ pub fn bench(what: BenchWhat) -> i32 {
         } => {
             // The two NICs under test (nic0 ↔ nic1) unless asked for more.
             machine.nics = machine.nics.max(2);
-            let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(machine.console));
-            let res = (|| -> Result<i32> {
-                let qemu = scenarios::qemu::QemuInstall {
-                    binary: QEMU.into(),
-                    datadir: None,
-                    libdir: None,
-                };
-                let p = prepare(&machine, JobCommand::BenchNet { runs, bytes, qemu }, &*sink)?;
-                let out = execute(&p, sink.clone())?;
-                write_json(&json, &out.report)?;
-                println!("{}", serde_json::to_string_pretty(&out.report)?);
-                Ok(out.exit_code)
-            })();
-            res.unwrap_or_else(|e| report_error(&e))
+            (machine, JobCommand::BenchNet { runs, bytes, qemu }, json)
         }
-    }
+    };
+    let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(machine.console));
+    let res = (|| -> Result<i32> {
+        let p = prepare(&machine, command, &*sink)?;
+        let out = execute(&p, sink.clone())?;
+        write_json(&json, &out.report)?;
+        println!("{}", serde_json::to_string_pretty(&out.report)?);
+        Ok(out.exit_code)
+    })();
+    res.unwrap_or_else(|e| report_error(&e))
 }
 
 pub fn agent(port: &Path) -> i32 {
