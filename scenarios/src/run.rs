@@ -516,6 +516,9 @@ fn run_bench_net(
                 series.push(r);
             }
             Err(e) => {
+                if o.error.is_some() {
+                    vcpu_state(&b.machine, &*sink);
+                }
                 power_off(&mut b);
                 return Err(fail(format!("sim-nic ({label}): {e}")));
             }

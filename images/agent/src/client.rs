@@ -22,6 +22,9 @@ use crate::protocol::{
 
 /// Default deadline for one request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Heartbeat silence that ends a wait (see [`AgentClient::set_stall_after`]):
+/// many heartbeat periods, so that a loaded guest is not taken for a stopped one.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(45);
 /// How many noise lines are kept.
 pub const NOISE_LINES: usize = 64;
 
@@ -39,6 +42,17 @@ pub enum ClientError {
     },
     #[error("agent channel closed{detail}")]
     Disconnected { detail: String },
+    /// The agent beat before and then went silent for `silent`: the guest
+    /// stopped scheduling (hung or frozen), not just a slow request.
+    #[error(
+        "the guest stopped: no agent heartbeat for {silent:?} (the last at guest uptime {last_uptime_ms:?} ms) while waiting for {what}{detail}"
+    )]
+    Stalled {
+        what: String,
+        silent: Duration,
+        last_uptime_ms: Option<u64>,
+        detail: String,
+    },
     #[error("agent: {0}")]
     Agent(#[from] AgentError),
     #[error("unexpected reply {got:?} to {op}")]
@@ -76,6 +90,8 @@ enum Got {
     Ready,
     Response(Box<Response>),
     Timeout,
+    /// Heartbeats stopped: how long ago the last came, its guest uptime.
+    Stalled(Duration, Option<u64>),
 }
 
 enum Incoming {
@@ -95,6 +111,9 @@ pub struct AgentClient<R, W> {
     stray_errors: Vec<AgentError>,
     late_responses: u64,
     closed: Option<String>,
+    /// When the last heartbeat arrived, and the guest uptime it carried.
+    last_beat: Option<(Instant, Option<u64>)>,
+    stall_after: Duration,
     _reader: PhantomData<fn() -> R>,
 }
 
@@ -184,6 +203,8 @@ impl<R: Read + Send + 'static, W: Write> AgentClient<R, W> {
             stray_errors: Vec::new(),
             late_responses: 0,
             closed: None,
+            last_beat: None,
+            stall_after: DEFAULT_STALL_AFTER,
             _reader: PhantomData,
         }
     }
@@ -197,6 +218,17 @@ impl<R, W: Write> AgentClient<R, W> {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long an agent that has sent heartbeats may go without one before
+    /// a wait ends in [`ClientError::Stalled`] (default [`DEFAULT_STALL_AFTER`]).
+    pub fn set_stall_after(&mut self, d: Duration) {
+        self.stall_after = d;
+    }
+
+    /// Heartbeats seen: the time of the last and the guest uptime it carried.
+    pub fn last_heartbeat(&self) -> Option<(Instant, Option<u64>)> {
+        self.last_beat
     }
 
     /// The last ready event seen, if any.
@@ -255,9 +287,18 @@ impl<R, W: Write> AgentClient<R, W> {
                     detail: self.detail(),
                 });
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let mut left = deadline.saturating_duration_since(now);
+            if let Some((at, uptime)) = self.last_beat {
+                let silent = now.saturating_duration_since(at);
+                if silent >= self.stall_after {
+                    return Ok(Got::Stalled(silent, uptime));
+                }
+                left = left.min(self.stall_after - silent);
+            }
             let item = match self.rx.recv_timeout(left) {
                 Ok(item) => item,
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
                 Err(RecvTimeoutError::Timeout) => return Ok(Got::Timeout),
                 Err(RecvTimeoutError::Disconnected) => Incoming::Closed(None),
             };
@@ -282,6 +323,9 @@ impl<R, W: Write> AgentClient<R, W> {
                     });
                     return Ok(Got::Ready);
                 }
+                Incoming::Msg(AgentMessage::Event(Event::Heartbeat { uptime_ms })) => {
+                    self.last_beat = Some((Instant::now(), uptime_ms));
+                }
                 Incoming::Msg(AgentMessage::Response(r)) => return Ok(Got::Response(Box::new(r))),
             }
         }
@@ -299,6 +343,14 @@ impl<R, W: Write> AgentClient<R, W> {
                     return Err(ClientError::Timeout {
                         what: "ready event".into(),
                         timeout,
+                        detail: self.detail(),
+                    });
+                }
+                Got::Stalled(silent, last_uptime_ms) => {
+                    return Err(ClientError::Stalled {
+                        what: "ready event".into(),
+                        silent,
+                        last_uptime_ms,
                         detail: self.detail(),
                     });
                 }
@@ -329,6 +381,14 @@ impl<R, W: Write> AgentClient<R, W> {
                     return Err(ClientError::Timeout {
                         what: format!("response to {name} (id {id})"),
                         timeout,
+                        detail: self.detail(),
+                    });
+                }
+                Got::Stalled(silent, last_uptime_ms) => {
+                    return Err(ClientError::Stalled {
+                        what: format!("response to {name} (id {id})"),
+                        silent,
+                        last_uptime_ms,
                         detail: self.detail(),
                     });
                 }

@@ -233,7 +233,17 @@ pub enum Event {
         #[serde(default)]
         uptime_ms: Option<u64>,
     },
+    /// Sent every [`HEARTBEAT_PERIOD`] by a guest agent, from its own thread:
+    /// a guest whose agent stops beating has stopped scheduling (a hang or
+    /// a frozen machine), whatever request is outstanding.
+    Heartbeat {
+        #[serde(default)]
+        uptime_ms: Option<u64>,
+    },
 }
+
+/// How often a guest agent sends [`Event::Heartbeat`].
+pub const HEARTBEAT_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Anything the agent writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

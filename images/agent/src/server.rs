@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub output_grace: Duration,
     /// How long [`serve_with`] waits for the port to appear.
     pub port_wait: Duration,
+    /// Send [`Event::Heartbeat`] this often (`None`: never).
+    pub heartbeat: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -67,6 +69,7 @@ impl ServerConfig {
             max_file: 32 << 20,
             output_grace: Duration::from_millis(500),
             port_wait: Duration::from_secs(10),
+            heartbeat: Some(crate::protocol::HEARTBEAT_PERIOD),
         }
     }
 
@@ -75,6 +78,7 @@ impl ServerConfig {
         ServerConfig {
             sys_root: sys_root.into(),
             shutdown: ShutdownAction::Exit,
+            heartbeat: None,
             ..ServerConfig::guest()
         }
     }
@@ -128,7 +132,7 @@ pub fn serve_with(port: &Path, cfg: &ServerConfig) -> Result<(), ServeError> {
     }
     if ft.is_file() {
         let f = File::open(port).map_err(open_err)?;
-        let outcome = serve_loop(BufReader::new(f), io::stdout().lock(), cfg, false)?;
+        let outcome = serve_loop(BufReader::new(f), io::stdout(), cfg, false)?;
         return finish(outcome, cfg, None);
     }
     let f = OpenOptions::new()
@@ -153,13 +157,13 @@ pub fn serve_with(port: &Path, cfg: &ServerConfig) -> Result<(), ServeError> {
 }
 
 /// Serves on a pair of streams with [`ServerConfig::guest`]; returns at EOF.
-pub fn serve_streams<R: BufRead, W: Write>(r: R, w: W) -> Result<(), ServeError> {
+pub fn serve_streams<R: BufRead, W: Write + Send>(r: R, w: W) -> Result<(), ServeError> {
     serve_streams_with(r, w, &ServerConfig::guest())
 }
 
 /// Serves on a pair of streams; returns at EOF or after a shutdown request
 /// (with [`ShutdownAction::Exit`]).
-pub fn serve_streams_with<R: BufRead, W: Write>(
+pub fn serve_streams_with<R: BufRead, W: Write + Send>(
     r: R,
     w: W,
     cfg: &ServerConfig,
@@ -274,14 +278,45 @@ fn read_line_bounded<R: BufRead>(r: &mut R, max: usize, buf: &mut Vec<u8>) -> io
     }
 }
 
-fn write_frame<W: Write, T: serde::Serialize>(w: &mut W, v: &T) -> io::Result<()> {
+/// Writes one frame; the lock keeps heartbeats and responses whole lines.
+fn write_frame<W: Write, T: serde::Serialize>(w: &Mutex<W>, v: &T) -> io::Result<()> {
+    let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
     w.write_all(&to_line(v))?;
     w.flush()
 }
 
-fn serve_loop<R: BufRead, W: Write>(
+fn serve_loop<R: BufRead, W: Write + Send>(
+    r: R,
+    w: W,
+    cfg: &ServerConfig,
+    tty: bool,
+) -> Result<Outcome, ServeError> {
+    let w = Mutex::new(w);
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        if let Some(period) = cfg.heartbeat {
+            let w = &w;
+            s.spawn(move || {
+                // Ends when the serve loop drops `stop_tx`.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(period) {
+                    let beat = AgentMessage::Event(Event::Heartbeat {
+                        uptime_ms: sysinfo::uptime_ms(&cfg.sys_root),
+                    });
+                    if write_frame(w, &beat).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let res = serve_requests(r, &w, cfg, tty);
+        drop(stop_tx);
+        res
+    })
+}
+
+fn serve_requests<R: BufRead, W: Write>(
     mut r: R,
-    mut w: W,
+    w: &Mutex<W>,
     cfg: &ServerConfig,
     tty: bool,
 ) -> Result<Outcome, ServeError> {
@@ -289,7 +324,7 @@ fn serve_loop<R: BufRead, W: Write>(
         agent_version: AGENT_VERSION.to_string(),
         uptime_ms: sysinfo::uptime_ms(&cfg.sys_root),
     });
-    write_frame(&mut w, &ready)?;
+    write_frame(w, &ready)?;
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
     let mut line = Vec::new();
@@ -314,13 +349,13 @@ fn serve_loop<R: BufRead, W: Write>(
                 }
                 let (response, shutdown) = handle_line(&line, cfg);
                 if let Some(reboot) = shutdown {
-                    write_frame(&mut w, &response)?;
+                    write_frame(w, &response)?;
                     return Ok(Outcome::Shutdown { reboot });
                 }
                 response
             }
         };
-        write_frame(&mut w, &response)?;
+        write_frame(w, &response)?;
         if pid1 {
             reap_orphans();
         }

@@ -195,3 +195,66 @@ fn serves_on_a_pty_in_raw_mode() {
     client.shutdown().unwrap();
     server.join().unwrap().unwrap();
 }
+
+#[test]
+fn heartbeats_keep_a_long_request_alive() {
+    let root = tempfile::tempdir().unwrap();
+    fake::populate(root.path());
+    let (host, guest) = UnixStream::pair().unwrap();
+    let mut cfg = ServerConfig::for_tests(root.path());
+    cfg.heartbeat = Some(Duration::from_millis(50));
+    let server = thread::spawn(move || {
+        let r = BufReader::new(guest.try_clone().unwrap());
+        serve_streams_with(r, &guest, &cfg)
+    });
+    let mut client = AgentClient::new(host.try_clone().unwrap(), host.try_clone().unwrap());
+    client.set_stall_after(Duration::from_millis(400));
+    client.wait_ready(READY).unwrap();
+    // Longer than the stall limit, but the agent keeps beating meanwhile.
+    let out = client
+        .run_with(RunSpec {
+            timeout: Some(Duration::from_secs(10)),
+            ..RunSpec::new(&["sleep", "1"])
+        })
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    let (at, uptime) = client.last_heartbeat().expect("heartbeats arrived");
+    assert!(at.elapsed() < Duration::from_millis(400));
+    assert_eq!(uptime, Some(1250));
+    drop(client);
+    host.shutdown(std::net::Shutdown::Both).unwrap();
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn an_agent_that_stops_beating_is_a_stalled_guest() {
+    let (host, guest) = UnixStream::pair().unwrap();
+    // A guest that became ready, beat twice and then froze.
+    (&guest)
+        .write_all(
+            b"{\"event\":\"ready\",\"agent_version\":\"x\"}\n\
+              {\"event\":\"heartbeat\",\"uptime_ms\":7}\n\
+              {\"event\":\"heartbeat\",\"uptime_ms\":9}\n",
+        )
+        .unwrap();
+    let mut client = AgentClient::new(host.try_clone().unwrap(), host);
+    client.set_stall_after(Duration::from_millis(300));
+    client.set_timeout(Duration::from_secs(20));
+    client.wait_ready(READY).unwrap();
+    let t = Instant::now();
+    let e = client.ping().unwrap_err();
+    match &e {
+        ClientError::Stalled {
+            last_uptime_ms,
+            silent,
+            ..
+        } => {
+            assert_eq!(*last_uptime_ms, Some(9));
+            assert!(*silent >= Duration::from_millis(300));
+        }
+        other => panic!("expected Stalled, got {other}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(e.to_string().contains("no agent heartbeat"), "{e}");
+    drop(guest);
+}
