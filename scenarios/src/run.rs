@@ -700,7 +700,36 @@ fn run_scenario(
 /// The vCPUs' state of a guest the lab gave up on (an agent that stopped
 /// answering): logged, and returned for the report.
 fn vcpu_state(m: &vmm::machine::Machine, sink: &dyn EventSink) -> serde_json::Value {
+    // Two samples a second apart, with the CPU time each thread of this
+    // process used meanwhile: a spinning guest moves RIP/TSC and burns vCPU
+    // thread time; a stuck one does neither.
+    let before = thread_cpu_ticks();
+    let first = m.vcpu_snapshots(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
     let snaps = m.vcpu_snapshots(Duration::from_secs(2));
+    let after = thread_cpu_ticks();
+    let busy: Vec<String> = after
+        .iter()
+        .map(|(name, (state, t))| {
+            let d = t.saturating_sub(before.get(name).map_or(0, |b| b.1));
+            format!("{name} {state} {d}")
+        })
+        .collect();
+    sink.emit(Event::Log {
+        level: "warn".into(),
+        message: format!(
+            "threads (state, CPU ticks over the last second): {}",
+            busy.join(", ")
+        ),
+    });
+    for (i, f) in first.iter().enumerate() {
+        if let Some(f) = f {
+            sink.emit(Event::Log {
+                level: "warn".into(),
+                message: format!("vcpu{i} a second earlier: rip {:#x} tsc {}", f.rip, f.tsc),
+            });
+        }
+    }
     for (i, s) in snaps.iter().enumerate() {
         let message = match s {
             Some(s) => format!(
@@ -728,6 +757,36 @@ fn vcpu_state(m: &vmm::machine::Machine, sink: &dyn EventSink) -> serde_json::Va
         });
     }
     json!(snaps)
+}
+
+/// Per thread of this process (by `comm`, e.g. `vcpu0`): its state letter
+/// and user+system CPU ticks, from /proc/self/task/*/stat.
+fn thread_cpu_ticks() -> std::collections::BTreeMap<String, (String, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "tid (comm) S ppid ..." with utime, stime the 14th and 15th fields.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = format!(
+            "{}/{}",
+            &stat[open + 1..close],
+            e.file_name().to_string_lossy()
+        );
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.insert(
+            comm,
+            (f.first().unwrap_or(&"?").to_string(), ticks(11) + ticks(12)),
+        );
+    }
+    out
 }
 
 #[cfg(test)]

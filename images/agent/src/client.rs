@@ -258,6 +258,13 @@ impl<R, W: Write> AgentClient<R, W> {
 
     fn detail(&self) -> String {
         let mut d = String::new();
+        if let Some((at, up)) = self.last_beat {
+            d.push_str(&format!(
+                "; last heartbeat {:.1?} ago (guest uptime {} ms)",
+                at.elapsed(),
+                up.map_or("?".into(), |u| u.to_string())
+            ));
+        }
         if let Some(c) = &self.closed {
             d.push_str(&format!("; channel closed: {c}"));
         }

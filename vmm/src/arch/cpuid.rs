@@ -47,6 +47,9 @@ const LEVEL_CORE: u32 = 2;
 pub const KVM_CPUID_SIGNATURE: u32 = 0x4000_0000;
 pub const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
 const KVM_SIGNATURE: &[u8; 12] = b"KVMKVMKVM\0\0\0";
+/// Leaf 0x4000_0001 EAX: asynchronous page faults (KVM_FEATURE_ASYNC_PF,
+/// _ASYNC_PF_VMEXIT, _ASYNC_PF_INT; arch/x86/include/uapi/asm/kvm_para.h).
+const KVM_FEATURE_ASYNC_PF_ALL: u32 = (1 << 4) | (1 << 10) | (1 << 14);
 
 /// Bits needed to number `n` cores: ceil(log2(n)).
 fn core_id_bits(n: u8) -> u32 {
@@ -135,7 +138,12 @@ fn set_topology_leaf(cpuid: &mut CpuId, leaf: u32, apic_id: u32, num_cpus: u8) {
 /// - AMD 0x8000_0008 ECX core count, 0x8000_001E extended APIC ID;
 /// - AMX masked off (leaf 7 EDX, leaf 0xD XCR0 bits), since we do not ask
 ///   the host for dynamic XSTATE permission;
-/// - 0x4000_0000: "KVMKVMKVM" signature; 0x4000_0001 kept as KVM gave it.
+/// - 0x4000_0000: "KVMKVMKVM" signature; 0x4000_0001 as KVM gave it but
+///   without asynchronous page faults. With them, a guest task that touches
+///   a page the host is still faulting in sleeps until a "page ready"
+///   interrupt; under the nested engine that wake-up was seen lost (a TCP
+///   transfer hung for good in a guest that otherwise ran on). The lab's
+///   guests are never overcommitted, so a synchronous fault costs nothing.
 pub fn patch_cpuid(cpuid: &mut CpuId, vcpu_id: u8, num_cpus: u8) {
     let num_cpus = num_cpus.max(1);
     let apic_id = u32::from(vcpu_id);
@@ -180,6 +188,7 @@ pub fn patch_cpuid(cpuid: &mut CpuId, vcpu_id: u8, num_cpus: u8) {
                 e.ebx = apic_id & 0xff;
                 e.ecx = 0;
             }
+            (KVM_CPUID_FEATURES, _) => e.eax &= !KVM_FEATURE_ASYNC_PF_ALL,
             (KVM_CPUID_SIGNATURE, _) => {
                 e.eax = e.eax.max(KVM_CPUID_FEATURES);
                 e.ebx = u32::from_le_bytes(KVM_SIGNATURE[0..4].try_into().unwrap());
@@ -355,7 +364,11 @@ mod tests {
         }
         assert_eq!(&sig, KVM_SIGNATURE);
         assert_eq!(s.eax, KVM_CPUID_FEATURES);
-        assert_eq!(get(&c, KVM_CPUID_FEATURES, 0).eax, 0x0100_7afb);
+        // 0x0100_7afb has ASYNC_PF (4) and ASYNC_PF_INT (14); they go, the
+        // rest (kvmclock, PV EOI/unhalt/TLB flush/IPI, ...) stays.
+        let f = get(&c, KVM_CPUID_FEATURES, 0).eax;
+        assert_eq!(f, 0x0100_7afb & !((1 << 4) | (1 << 14)));
+        assert_eq!(f & KVM_FEATURE_ASYNC_PF_ALL, 0);
     }
 
     #[test]
