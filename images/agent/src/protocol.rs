@@ -121,6 +121,9 @@ pub enum ErrorKind {
     Unsupported,
     /// A bug in the agent (e.g. a caught panic).
     Internal,
+    /// The program outlived SIGKILL after its timeout (stuck in the guest
+    /// kernel); the message has each of its tasks' state, wchan and stack.
+    Stuck,
     /// A kind this version does not know.
     #[serde(other)]
     Other,

@@ -519,8 +519,80 @@ fn take(c: &Mutex<Capture>) -> (String, bool) {
     (String::from_utf8_lossy(&data).into_owned(), c.truncated)
 }
 
+/// How long a killed program may take to exit before it counts as stuck.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// Every task of every process in process group `pgid` under `proc`: its
+/// name, state, wchan and kernel stack (/proc/PID/task/TID/{stat,wchan,stack}).
+fn stuck_report(proc: &Path, pgid: libc::pid_t) -> String {
+    let read = |p: PathBuf| fs::read_to_string(p).unwrap_or_default();
+    // "pid (comm) S ppid pgrp ..." with comm possibly holding spaces.
+    let after_comm = |stat: &str| {
+        let close = stat.rfind(')')?;
+        let open = stat.find('(')?;
+        let f: Vec<String> = stat[close + 1..]
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        Some((stat[open + 1..close].to_string(), f))
+    };
+    let mut tasks = Vec::new();
+    let mut pids: Vec<u32> = fs::read_dir(proc)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    for pid in pids {
+        let Some((_, f)) = after_comm(&read(proc.join(format!("{pid}/stat")))) else {
+            continue;
+        };
+        if f.get(2).and_then(|g| g.parse::<libc::pid_t>().ok()) != Some(pgid) {
+            continue;
+        }
+        let task_dir = proc.join(format!("{pid}/task"));
+        let mut tids: Vec<u32> = fs::read_dir(&task_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        tids.sort_unstable();
+        for tid in tids {
+            let t = task_dir.join(tid.to_string());
+            let Some((comm, f)) = after_comm(&read(t.join("stat"))) else {
+                continue;
+            };
+            let stack: Vec<String> = read(t.join("stack"))
+                .lines()
+                .take(16)
+                .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+                .collect();
+            tasks.push(format!(
+                "{comm}[{pid}/{tid}] state {} wchan {} stack {}",
+                f.first().map_or("?", String::as_str),
+                read(t.join("wchan")).trim(),
+                if stack.is_empty() {
+                    "unreadable".to_string()
+                } else {
+                    stack.join(" < ")
+                }
+            ));
+        }
+    }
+    if tasks.is_empty() {
+        format!("no task of process group {pgid} left in {}", proc.display())
+    } else {
+        tasks.join("; ")
+    }
+}
+
 /// Runs `argv` in its own process group, capturing output; on timeout the
-/// whole group gets SIGKILL.
+/// whole group gets SIGKILL, and a group that outlives it by [`KILL_GRACE`]
+/// is reported as [`ErrorKind::Stuck`].
 fn run_command(
     argv: &[String],
     stdin: Option<String>,
@@ -575,7 +647,21 @@ fn run_command(
                 timed_out = true;
                 // SAFETY: signals our child's process group (pgid == pid).
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
-                status_rx.recv()
+                match status_rx.recv_timeout(KILL_GRACE) {
+                    Ok(s) => Ok(s),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        // Unkillable: sleeping uninterruptibly in the kernel.
+                        // Say where instead of waiting for good.
+                        return Err(AgentError::new(
+                            ErrorKind::Stuck,
+                            format!(
+                                "{program} outlived SIGKILL by {KILL_GRACE:?} after its {t:?} timeout; {}",
+                                stuck_report(Path::new("/proc"), pid)
+                            ),
+                        ));
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
+                }
             }
         },
     };
@@ -633,6 +719,52 @@ mod tests {
             &[],
             &cfg(),
         )
+    }
+
+    #[test]
+    fn stuck_report_names_each_task_of_the_group_with_its_stack() {
+        let root = tempfile::tempdir().unwrap();
+        let p = root.path();
+        let task = |pid: u32, tid: u32, stat: &str, wchan: &str, stack: &str| {
+            let d = p.join(format!("{pid}/task/{tid}"));
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("stat"), stat).unwrap();
+            fs::write(d.join("wchan"), wchan).unwrap();
+            fs::write(d.join("stack"), stack).unwrap();
+            if pid == tid {
+                fs::write(p.join(format!("{pid}/stat")), stat).unwrap();
+            }
+        };
+        // Group 40: the sink (two threads, one stuck) and a child; 50 is another group.
+        task(
+            40,
+            40,
+            "40 (tcp sink) S 1 40 40 0",
+            "do_wait",
+            "[<0>] do_wait+0x1/0x2\n",
+        );
+        task(
+            40,
+            41,
+            "41 (tcp sink) D 1 40 40 0",
+            "kvm_async_pf_task_wait_schedule",
+            "[<0>] kvm_async_pf_task_wait_schedule+0x10/0x90\n[<0>] exc_page_fault+0x5/0x9\n",
+        );
+        task(43, 43, "43 (sh) R 40 40 40 0", "0", "");
+        task(50, 50, "50 (other) D 1 50 50 0", "x", "[<0>] y+0x0/0x1\n");
+        fs::create_dir_all(p.join("self")).unwrap();
+        let r = stuck_report(p, 40);
+        assert!(
+            r.contains("tcp sink[40/41] state D wchan kvm_async_pf_task_wait_schedule stack kvm_async_pf_task_wait_schedule+0x10/0x90 < exc_page_fault+0x5/0x9"),
+            "{r}"
+        );
+        assert!(r.contains("tcp sink[40/40] state S"), "{r}");
+        assert!(
+            r.contains("sh[43/43] state R wchan 0 stack unreadable"),
+            "{r}"
+        );
+        assert!(!r.contains("other"), "{r}");
+        assert!(stuck_report(p, 99).starts_with("no task of process group 99"));
     }
 
     #[test]
