@@ -173,6 +173,9 @@ pub fn boot(job: &Job, sink: Arc<dyn EventSink>, t0: Instant) -> Result<Booted, 
     })
 }
 
+/// Start of the error of a run whose machine ended while steps ran.
+pub const ENDED_MID_RUN: &str = "the guest ended mid-run";
+
 pub fn describe_exit(r: &ExitReason) -> String {
     match r {
         ExitReason::PowerOff => "powered off".into(),
@@ -658,8 +661,27 @@ fn run_scenario(
         .as_ref()
         .map(|t| t.bdfs.clone())
         .unwrap_or_default();
-    let outcome =
+    let mut outcome =
         crate::steps::run_scenario_steps(&scn, &job.kernel_spec, &nic_map, &mut b.agent, &*sink);
+    // A step that failed because the machine itself ended under it: name
+    // that, not the agent's silence that followed.
+    if let (Some(e), Some(r)) = (&outcome.error, b.machine.exit_reason()) {
+        let panicked = b
+            .machine
+            .console_tail()
+            .iter()
+            .any(|l| l.contains("Kernel panic") || l.contains("BUG:") || l.contains("Oops"));
+        outcome.error = Some(format!(
+            "{}: {}{} (while: {e})",
+            ENDED_MID_RUN,
+            describe_exit(&r),
+            if panicked {
+                "; the guest kernel oopsed first, see its console"
+            } else {
+                ""
+            }
+        ));
+    }
     let vcpus_at_error = outcome
         .error
         .as_ref()
@@ -700,6 +722,19 @@ fn run_scenario(
 /// The vCPUs' state of a guest the lab gave up on (an agent that stopped
 /// answering): logged, and returned for the report.
 fn vcpu_state(m: &vmm::machine::Machine, sink: &dyn EventSink) -> serde_json::Value {
+    if let Some(r) = m.exit_reason() {
+        // Nothing to sample: the machine ended under the steps.
+        let tail = m.console_tail();
+        let tail = &tail[tail.len().saturating_sub(20)..];
+        sink.emit(Event::Log {
+            level: "warn".into(),
+            message: format!(
+                "the guest had ended: {}; its console's last lines: {tail:?}",
+                describe_exit(&r)
+            ),
+        });
+        return json!({"ended": describe_exit(&r), "console_tail": tail});
+    }
     // Two samples a second apart, with the CPU time each thread of this
     // process used meanwhile: a spinning guest moves RIP/TSC and burns vCPU
     // thread time; a stuck one does neither.
@@ -756,7 +791,7 @@ fn vcpu_state(m: &vmm::machine::Machine, sink: &dyn EventSink) -> serde_json::Va
             message,
         });
     }
-    json!(snaps)
+    json!({ "vcpus": snaps })
 }
 
 /// Per thread of this process (by `comm`, e.g. `vcpu0`): its state letter
