@@ -16,7 +16,7 @@
 //! unbind point and every access come from the audit trail alone.
 //!
 //! Kept while a run goes: one compact entry per DMA access (per guest-
-//! physical piece, ~48 bytes), one per MAP/UNMAP, and the (few) attach
+//! physical piece, ~56 bytes), one per MAP/UNMAP, and the (few) attach
 //! events. A 64 MiB transfer is a few hundred thousand accesses.
 //!
 //! How bindings are resolved: a binding maps every page of its dmabuf into

@@ -660,7 +660,7 @@ fn run_trail(
             }
         }
         feed_every += 1;
-        if feed_every % 3 == 0 {
+        if feed_every.is_multiple_of(3) {
             lab.feed();
         }
     }
