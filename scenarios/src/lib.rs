@@ -11,3 +11,4 @@ pub mod run;
 pub mod scenario;
 pub mod steps;
 pub mod topology;
+pub mod verify;

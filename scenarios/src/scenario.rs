@@ -96,6 +96,10 @@ pub struct Nic {
     /// Queue pairs the device offers (device default if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<u32>,
+    /// Test-only device faults (`faults = ["dma-foreign-iova"]`, see
+    /// `sim_nic::NicFault`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<sim_nic::NicFault>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -351,6 +355,16 @@ impl Scenario {
             .wires
             .iter()
             .map(|w| (w.a.clone(), w.b.clone()))
+            .collect()
+    }
+
+    /// Test faults of the topology's NICs (only NICs that have some).
+    pub fn nic_faults(&self) -> BTreeMap<String, Vec<sim_nic::NicFault>> {
+        self.topology
+            .nics
+            .iter()
+            .filter(|n| !n.faults.is_empty())
+            .map(|n| (n.name.clone(), n.faults.clone()))
             .collect()
     }
 
@@ -639,6 +653,36 @@ script = "true"
             let e = parse_err(extra);
             assert!(e.contains(want), "{extra:?}: {e}");
         }
+    }
+
+    #[test]
+    fn nic_faults_parse() {
+        let base = BASE.replacen(
+            "name = \"nic0\"\n",
+            "name = \"nic0\"\nfaults = [\"dma-foreign-iova\"]\n",
+            1,
+        );
+        let s = Scenario::parse(&base, "t.toml").unwrap();
+        assert_eq!(
+            s.nic_faults(),
+            BTreeMap::from([(
+                "nic0".to_string(),
+                vec![sim_nic::NicFault::DmaForeignIova { after: 64 }]
+            )])
+        );
+        assert!(
+            Scenario::builtin("nic-smoke")
+                .unwrap()
+                .nic_faults()
+                .is_empty()
+        );
+        let bad = BASE.replacen(
+            "name = \"nic0\"\n",
+            "name = \"nic0\"\nfaults = [\"melt\"]\n",
+            1,
+        );
+        let e = Scenario::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown NIC fault"), "{e}");
     }
 
     #[test]

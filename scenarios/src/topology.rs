@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use sim_nic::{GveConfig, GveDevice, NicHandle, NicPort, Wire, WireFaults, WireOptions};
+use sim_nic::{GveConfig, GveDevice, NicFault, NicHandle, NicPort, Wire, WireFaults, WireOptions};
 use vmm::machine::AddDevices;
 
 /// First PCI slot used for NICs (00:04.0, 00:05.0, …); 1–3 hold the
@@ -23,6 +23,9 @@ pub struct TopologySpec {
     /// Write a pcap per wire into this directory.
     #[serde(default)]
     pub pcap_dir: Option<PathBuf>,
+    /// Test-only device faults per logical NIC name (`dma-foreign-iova`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nic_faults: BTreeMap<String, Vec<NicFault>>,
 }
 
 impl TopologySpec {
@@ -38,6 +41,7 @@ impl TopologySpec {
             nics,
             wires,
             pcap_dir: None,
+            nic_faults: BTreeMap::new(),
         }
     }
 
@@ -105,15 +109,20 @@ pub fn machine_hook(spec: &TopologySpec) -> (AddDevices, Arc<Mutex<Option<Pendin
     let pending = Arc::new(Mutex::new(Some(Pending::default())));
     let p2 = pending.clone();
     let nics = spec.nics.clone();
+    let faults = spec.nic_faults.clone();
     let hook: AddDevices = Box::new(move |devices| {
         let mut guard = p2.lock().map_err(|_| "topology lock".to_string())?;
         let st = guard.as_mut().ok_or("topology already built")?;
         for (i, name) in nics.iter().enumerate() {
-            let cfg = GveConfig {
+            let mut cfg = GveConfig {
                 name: name.clone(),
                 mac: [0x02, 0x4e, 0x4d, 0x00, 0x00, i as u8 + 1],
                 ..GveConfig::default()
             };
+            for f in faults.get(name).into_iter().flatten() {
+                tracing::warn!(nic = %name, fault = %f, "test fault switched on");
+                f.apply(&mut cfg);
+            }
             let vectors = cfg.msix_vectors();
             let mut port = None;
             let mut handle = None;

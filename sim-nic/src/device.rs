@@ -9,7 +9,7 @@
 //! The wire's locks are leaves: a NIC never takes another NIC's state lock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -86,6 +86,10 @@ pub struct GveConfig {
     /// How often the NIC RX stats in the driver's stats report are
     /// refreshed (when they changed).
     pub stats_refresh: Duration,
+    /// Test fault `dma-foreign-iova` (see [`crate::NicFault`]): from this
+    /// TX payload read on (counting from 0), read payload through another
+    /// IOVA of the NIC's domain mapping the same bytes, when one exists.
+    pub dma_foreign_iova: Option<u64>,
 }
 
 impl Default for GveConfig {
@@ -114,6 +118,7 @@ impl Default for GveConfig {
             spawn_worker: true,
             inline_doorbells: true,
             stats_refresh: Duration::from_secs(1),
+            dma_foreign_iova: None,
         }
     }
 }
@@ -338,6 +343,9 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub bus_master: AtomicBool,
     pub shutdown: AtomicBool,
+    /// TX payload reads issued (counted only while `dma_foreign_iova` is
+    /// set).
+    pub payload_reads: AtomicU64,
 }
 
 /// Device state plus the shared context, for one locked operation.
@@ -918,6 +926,7 @@ impl GveDevice {
             counters: Counters::default(),
             bus_master: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            payload_reads: AtomicU64::new(0),
         });
         if sh.cfg.inline_doorbells {
             let weak = Arc::downgrade(&sh);

@@ -1,7 +1,85 @@
 //! Data-driven wire faults with a deterministic RNG, and their counters.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// TX payload reads a NIC does normally before `dma-foreign-iova` starts.
+pub const DEFAULT_FOREIGN_IOVA_AFTER: u64 = 64;
+
+/// A test-only misbehaviour of the device itself (not of a wire), to prove
+/// the verifier sees what a buggy NIC would do. Written as a string:
+/// `dma-foreign-iova` or `dma-foreign-iova:N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum NicFault {
+    /// From the `after`-th TX payload read on (counting from 0), read the
+    /// payload through another IOVA that the NIC's own IOMMU domain maps to
+    /// the same guest-physical bytes, when there is one (a dmabuf bound
+    /// twice on the NIC gives such aliases): the NIC reads a dmabuf page
+    /// through an IOVA of another binding. Counted in
+    /// `NicStats::tx_foreign_iova_reads`.
+    DmaForeignIova { after: u64 },
+}
+
+impl NicFault {
+    /// Switch the fault on in a device configuration.
+    pub fn apply(&self, cfg: &mut crate::GveConfig) {
+        match *self {
+            NicFault::DmaForeignIova { after } => cfg.dma_foreign_iova = Some(after),
+        }
+    }
+}
+
+impl fmt::Display for NicFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            NicFault::DmaForeignIova { after } if after == DEFAULT_FOREIGN_IOVA_AFTER => {
+                f.write_str("dma-foreign-iova")
+            }
+            NicFault::DmaForeignIova { after } => write!(f, "dma-foreign-iova:{after}"),
+        }
+    }
+}
+
+impl FromStr for NicFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        match name {
+            "dma-foreign-iova" => {
+                let after = match arg {
+                    None => DEFAULT_FOREIGN_IOVA_AFTER,
+                    Some(a) => a.parse().map_err(|_| {
+                        format!("dma-foreign-iova:{a}: expected a number of payload reads")
+                    })?,
+                };
+                Ok(NicFault::DmaForeignIova { after })
+            }
+            _ => Err(format!(
+                "unknown NIC fault {s:?} (known: dma-foreign-iova[:N])"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for NicFault {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<NicFault> for String {
+    fn from(f: NicFault) -> String {
+        f.to_string()
+    }
+}
 
 /// Which direction of a wire the faults apply to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -322,5 +400,37 @@ mod tests {
             }]
         );
         assert!(toml::from_str::<WireFaults>("bogus = 1").is_err());
+    }
+}
+
+#[cfg(test)]
+mod nic_fault_tests {
+    use super::*;
+
+    #[test]
+    fn nic_fault_strings_round_trip() {
+        let f: NicFault = "dma-foreign-iova".parse().unwrap();
+        assert_eq!(f, NicFault::DmaForeignIova { after: 64 });
+        assert_eq!(f.to_string(), "dma-foreign-iova");
+        let f: NicFault = "dma-foreign-iova:3".parse().unwrap();
+        assert_eq!(f, NicFault::DmaForeignIova { after: 3 });
+        assert_eq!(f.to_string(), "dma-foreign-iova:3");
+        assert!("dma-foreign-iova:x".parse::<NicFault>().is_err());
+        assert!("dma-elsewhere".parse::<NicFault>().is_err());
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct T {
+            faults: Vec<NicFault>,
+        }
+        let t: T = toml::from_str(r#"faults = ["dma-foreign-iova:0"]"#).unwrap();
+        assert_eq!(t.faults, [NicFault::DmaForeignIova { after: 0 }]);
+        assert_eq!(
+            toml::to_string(&t).unwrap().trim(),
+            r#"faults = ["dma-foreign-iova:0"]"#
+        );
+        assert!(toml::from_str::<T>(r#"faults = ["nope"]"#).is_err());
+        let mut cfg = crate::GveConfig::default();
+        assert_eq!(cfg.dma_foreign_iova, None);
+        f.apply(&mut cfg);
+        assert_eq!(cfg.dma_foreign_iova, Some(3));
     }
 }

@@ -57,6 +57,6 @@ pub mod tx;
 pub mod wire;
 
 pub use device::{GveConfig, GveDevice, GveError, NicHandle};
-pub use faults::{FaultCounters, FaultDirection, LinkWindow, WireFaults};
+pub use faults::{FaultCounters, FaultDirection, LinkWindow, NicFault, WireFaults};
 pub use stats::{NicStats, Refusal, RefusalKind};
 pub use wire::{HostPort, NicPort, Wire, WireError, WireOptions};

@@ -46,6 +46,9 @@ counters! {
     tx_bad_packets,
     /// TX buffer reads refused by the IOMMU.
     tx_dma_faults,
+    /// TX payload reads the `dma-foreign-iova` test fault sent through
+    /// another IOVA mapping the same bytes.
+    tx_foreign_iova_reads,
     /// Frames lost because there was no cable or the link was down.
     tx_no_link,
     /// Times TX stopped because the peer's inbox was full.

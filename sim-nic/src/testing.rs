@@ -51,6 +51,10 @@ pub struct FakeMemory {
     faults: Mutex<Vec<DmaFault>>,
     tags: Mutex<BTreeMap<String, TagStats>>,
     log: Mutex<Option<Vec<DmaRecord>>>,
+    /// `(alias, target, len)`: IOVAs `[alias, alias + len)` reach the
+    /// same memory as `[target, target + len)` (a second mapping of the
+    /// same pages, as an IOMMU domain has for a dmabuf bound twice).
+    aliases: Mutex<Vec<(u64, u64, u64)>>,
 }
 
 /// One device access, recorded when [`FakeMemory::record`] is on.
@@ -72,6 +76,7 @@ impl FakeMemory {
             faults: Mutex::new(Vec::new()),
             tags: Mutex::new(BTreeMap::new()),
             log: Mutex::new(None),
+            aliases: Mutex::new(Vec::new()),
         })
     }
 
@@ -103,7 +108,37 @@ impl FakeMemory {
         lock(&self.maps).clear();
     }
 
+    /// Make `[alias, alias + len)` a second IOVA range for the memory at
+    /// `[target, target + len)` (with the target's permissions).
+    pub fn alias(&self, alias: u64, target: u64, len: u64) {
+        lock(&self.aliases).push((alias, target, len));
+    }
+
+    /// The target IOVA of an access entirely inside an alias range.
+    fn resolve_alias(&self, iova: u64, len: usize) -> u64 {
+        let len = len as u64;
+        lock(&self.aliases)
+            .iter()
+            .find(|&&(a, _, n)| a <= iova && iova.saturating_add(len) <= a.saturating_add(n))
+            .map_or(iova, |&(a, t, _)| t + (iova - a))
+    }
+
     fn check(&self, iova: u64, len: usize, access: Access, tag: DmaTag) -> Result<usize, DmaFault> {
+        let target = self.resolve_alias(iova, len);
+        self.check_direct(target, len, access, tag)
+            .map_err(|mut f| {
+                f.iova = iova;
+                f
+            })
+    }
+
+    fn check_direct(
+        &self,
+        iova: u64,
+        len: usize,
+        access: Access,
+        tag: DmaTag,
+    ) -> Result<usize, DmaFault> {
         let fault = |reason| DmaFault {
             endpoint: self.endpoint,
             iova,
@@ -198,6 +233,13 @@ impl FakeMemory {
 impl Dma for FakeMemory {
     fn endpoint(&self) -> u16 {
         self.endpoint
+    }
+
+    fn alias_iova(&self, iova: u64, len: u64) -> Option<u64> {
+        lock(&self.aliases)
+            .iter()
+            .find(|&&(_, t, n)| t <= iova && iova.saturating_add(len) <= t.saturating_add(n))
+            .map(|&(a, t, _)| a + (iova - t))
     }
 
     fn read(&self, iova: u64, buf: &mut [u8], tag: DmaTag) -> Result<(), DmaFault> {

@@ -260,7 +260,8 @@ impl Dev<'_> {
         let mut off = 0;
         for (addr, len) in &p.bufs {
             let len = usize::from(*len);
-            if !self.dma_read(*addr, &mut pkt[off..off + len], "tx-payload") {
+            let addr = self.payload_iova(*addr, len as u64);
+            if !self.dma_read(addr, &mut pkt[off..off + len], "tx-payload") {
                 Counters::inc(&self.sh.counters.tx_dma_faults);
                 return;
             }
@@ -292,6 +293,30 @@ impl Dev<'_> {
             }
         };
         self.emit(frames);
+    }
+
+    /// The IOVA a TX payload read of `[iova, iova + len)` goes to: `iova`,
+    /// unless the `dma-foreign-iova` test fault is on and due, and the
+    /// domain maps the same bytes at another IOVA.
+    fn payload_iova(&mut self, iova: u64, len: u64) -> u64 {
+        let Some(after) = self.sh.cfg.dma_foreign_iova else {
+            return iova;
+        };
+        let n = self
+            .sh
+            .payload_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n < after {
+            return iova;
+        }
+        match self.sh.dma.alias_iova(iova, len) {
+            Some(alias) => {
+                Counters::inc(&self.sh.counters.tx_foreign_iova_reads);
+                tracing::trace!(nic = %self.sh.cfg.name, iova, alias, "dma-foreign-iova");
+                alias
+            }
+            None => iova,
+        }
     }
 
     /// Write one completion (generation last) and advance the tail.

@@ -82,4 +82,12 @@ pub trait Dma: Send + Sync {
     fn read(&self, iova: u64, buf: &mut [u8], tag: DmaTag) -> Result<(), DmaFault>;
     /// Device writes `data` at `iova`.
     fn write(&self, iova: u64, data: &[u8], tag: DmaTag) -> Result<(), DmaFault>;
+    /// Another IOVA of this endpoint that reaches the same guest-physical
+    /// bytes as `[iova, iova + len)` through a different mapping, if any.
+    /// Only test faults use it (sim-nic `dma-foreign-iova`); handles
+    /// without address translation have none.
+    fn alias_iova(&self, iova: u64, len: u64) -> Option<u64> {
+        let _ = (iova, len);
+        None
+    }
 }

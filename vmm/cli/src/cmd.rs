@@ -532,6 +532,7 @@ pub fn scenario(a: ScenarioArgs) -> i32 {
             nics: scn.nic_names(),
             wires: scn.wire_pairs(),
             pcap_dir: None,
+            nic_faults: scn.nic_faults(),
         };
         if let Some(d) = &a.pcap {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;

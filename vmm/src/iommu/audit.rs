@@ -88,6 +88,10 @@ pub struct DmaAccess {
     pub tag: DmaTag,
     /// Guest-physical pieces (empty when refused).
     pub gpa: GpaRanges,
+    /// The IOMMU domain whose tables translated (or refused) the access;
+    /// `None` for identity translation (passthrough device, bypass domain,
+    /// global bypass) and for an endpoint attached to no domain.
+    pub domain: Option<u32>,
     /// `None` if the access went through.
     pub fault: Option<FaultReason>,
 }
@@ -390,6 +394,7 @@ mod tests {
             access: Access::Read,
             tag: "t",
             gpa: GpaRanges::from_slice(&[(iova, 8)]),
+            domain: None,
             fault,
         }
     }

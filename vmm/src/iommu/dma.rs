@@ -126,8 +126,8 @@ impl IommuDma {
         let fault = SEGMENTS.with(|cell| {
             let mut segs = cell.borrow_mut();
             let tables = self.iommu.read_tables();
-            let r = tables
-                .translate_into(self.endpoint, iova, len, need, &mut segs)
+            let (domain, r) = tables.translate_into(self.endpoint, iova, len, need, &mut segs);
+            let r = r
                 .and_then(|()| in_ram(&self.mem, segs.as_slice()))
                 .and_then(|()| {
                     if copy(&self.mem, segs.as_slice(), &mut op) {
@@ -152,6 +152,7 @@ impl IommuDma {
                     access,
                     tag,
                     gpa,
+                    domain,
                     fault: fault.as_ref().map(|f| f.reason.clone()),
                 },
                 true,
@@ -195,9 +196,8 @@ impl IommuDma {
     ) -> Result<(), DmaFault> {
         let fault = {
             let tables = self.iommu.read_tables();
-            let r = tables
-                .translate_into(self.endpoint, iova, len, need, out)
-                .and_then(|()| in_ram(&self.mem, out.as_slice()));
+            let (domain, r) = tables.translate_into(self.endpoint, iova, len, need, out);
+            let r = r.and_then(|()| in_ram(&self.mem, out.as_slice()));
             let (gpa, fault) = match r {
                 Ok(()) => (GpaRanges::from_slice(out.as_slice()), None),
                 Err(f) => (GpaRanges::None, Some(f)),
@@ -211,6 +211,7 @@ impl IommuDma {
                     access,
                     tag,
                     gpa,
+                    domain,
                     fault: fault.as_ref().map(|f| f.reason.clone()),
                 },
                 true,
@@ -245,6 +246,7 @@ impl IommuDma {
         self.iommu
             .read_tables()
             .translate_into(self.endpoint, iova, len, need, &mut segs)
+            .1
             .and_then(|()| in_ram(&self.mem, segs.as_slice()))
             .is_ok()
     }
@@ -253,6 +255,10 @@ impl IommuDma {
 impl Dma for IommuDma {
     fn endpoint(&self) -> u16 {
         self.endpoint
+    }
+
+    fn alias_iova(&self, iova: u64, len: u64) -> Option<u64> {
+        self.iommu.alias_iova(self.endpoint, iova, len)
     }
 
     fn read(&self, iova: u64, buf: &mut [u8], tag: DmaTag) -> Result<(), DmaFault> {
@@ -322,6 +328,7 @@ impl PassthroughDma {
                 } else {
                     GpaRanges::None
                 },
+                domain: None,
                 fault: r.clone().err(),
             },
             false,

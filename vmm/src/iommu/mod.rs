@@ -223,7 +223,10 @@ pub(crate) struct Tables {
 
 impl Tables {
     /// Translate `[iova, iova + len)` of `endpoint` for an access needing
-    /// `need` (MAP_F_* bits) into `out`.
+    /// `need` (MAP_F_* bits) into `out`. Also returns the domain whose
+    /// tables were (or would have been) used: `None` when the access is
+    /// identity-mapped (bypass domain, or unattached with global bypass) or
+    /// refused for want of a domain.
     pub(crate) fn translate_into(
         &self,
         endpoint: u16,
@@ -231,27 +234,61 @@ impl Tables {
         len: u64,
         need: u32,
         out: &mut Segments,
-    ) -> Result<(), WalkFault> {
+    ) -> (Option<u32>, Result<(), WalkFault>) {
         out.clear();
+        let attached = self.endpoints.get(&endpoint).copied().flatten();
+        let domain = attached.and_then(|d| self.domains.get(&d).map(|dom| (d, dom)));
+        let paged = domain.filter(|(_, dom)| !dom.bypass).map(|(d, _)| d);
         let Some(last) = len.checked_sub(1).and_then(|l| iova.checked_add(l)) else {
-            return Err(WalkFault {
-                reason: FaultReason::BadRange,
-                address: iova,
-            });
-        };
-        let domain = self.endpoints.get(&endpoint).copied().flatten();
-        match domain.and_then(|d| self.domains.get(&d)) {
-            Some(d) if d.bypass => out.push(iova, len),
-            Some(d) => d.space.walk(iova, last, need, out)?,
-            None if self.bypass => out.push(iova, len),
-            None => {
-                return Err(WalkFault {
-                    reason: FaultReason::NoDomain,
+            return (
+                paged,
+                Err(WalkFault {
+                    reason: FaultReason::BadRange,
                     address: iova,
-                });
+                }),
+            );
+        };
+        let r = match domain {
+            Some((_, d)) if d.bypass => {
+                out.push(iova, len);
+                Ok(())
             }
-        }
-        Ok(())
+            Some((_, d)) => d.space.walk(iova, last, need, out),
+            None if self.bypass => {
+                out.push(iova, len);
+                Ok(())
+            }
+            None => Err(WalkFault {
+                reason: FaultReason::NoDomain,
+                address: iova,
+            }),
+        };
+        (paged, r)
+    }
+
+    /// Another IOVA of `endpoint`'s domain that maps `[iova, iova + len)`
+    /// to the same guest-physical bytes (readable), through a mapping that
+    /// does not itself contain `iova`; the lowest such IOVA. `None` if the
+    /// range does not translate to one contiguous guest-physical piece, or
+    /// no other mapping covers it. A linear scan of the domain: meant for
+    /// test faults, not for the DMA path.
+    pub(crate) fn alias(&self, endpoint: u16, iova: u64, len: u64) -> Option<u64> {
+        let d = self.endpoints.get(&endpoint).copied().flatten()?;
+        let dom = self.domains.get(&d).filter(|dom| !dom.bypass)?;
+        let last = iova.checked_add(len.checked_sub(1)?)?;
+        let mut segs = Segments::new();
+        dom.space.walk(iova, last, MAP_F_READ, &mut segs).ok()?;
+        let &[(gpa, n)] = segs.as_slice() else {
+            return None;
+        };
+        debug_assert_eq!(n, len);
+        let gpa_last = gpa.checked_add(len - 1)?;
+        dom.space
+            .iter()
+            .filter(|m| !(m.iova <= iova && iova <= m.last))
+            .filter(|m| m.flags & MAP_F_READ != 0)
+            .find(|m| m.gpa <= gpa && gpa_last - m.gpa <= m.last - m.iova)
+            .map(|m| m.iova + (gpa - m.gpa))
     }
 }
 
@@ -545,8 +582,16 @@ impl IommuState {
         let mut out = Segments::new();
         self.read_tables()
             .translate_into(endpoint, iova, len, need_flags(access), &mut out)
+            .1
             .map_err(|f| f.reason)?;
         Ok(out.as_slice().to_vec())
+    }
+
+    /// Another IOVA at which `endpoint`'s domain maps the guest-physical
+    /// bytes `[iova, iova + len)` maps to (see the `dma-foreign-iova` NIC
+    /// fault): `None` if there is none or the endpoint has no paged domain.
+    pub fn alias_iova(&self, endpoint: u16, iova: u64, len: u64) -> Option<u64> {
+        self.read_tables().alias(endpoint, iova, len)
     }
 
     // Fault events.

@@ -648,6 +648,7 @@ fn dma_records_tags_gpas_and_map_events_in_one_sequence() {
     };
     assert_eq!(d.gpa.as_slice(), &[(0x5ff0, 0x10), (0x9000, 0x10)]);
     assert_eq!((d.tag, d.device, d.ok()), ("tx-payload", EP_A, true));
+    assert_eq!(d.domain, Some(1));
     assert_eq!(
         recs[4].event,
         AuditEvent::Unmap(MapEvent {
@@ -662,6 +663,7 @@ fn dma_records_tags_gpas_and_map_events_in_one_sequence() {
         panic!()
     };
     assert_eq!(d.fault, Some(FaultReason::Unmapped));
+    assert_eq!(d.domain, Some(1), "a refused access names its domain too");
     let r = s.report();
     let st = r.by_device["0000:00:01.0"];
     assert_eq!((st.reads, st.writes, st.bytes, st.faults), (1, 0, 0x20, 1));
@@ -827,4 +829,95 @@ fn pushes_64_mib_through_the_iommu() {
     let st = s.report().by_device["0000:00:01.0"];
     assert_eq!((st.reads, st.writes, st.bytes), (16384, 16384, 2 * total));
     assert_eq!(s.audit().next_seq(), 33 + 2 * 16384);
+}
+
+#[test]
+fn dma_records_name_the_translating_domain() {
+    let s = state();
+    let mem = memory();
+    let a = IommuDma::new(mem.clone(), &s, EP_A);
+    let b = IommuDma::new(mem.clone(), &s, EP_B);
+    let p = PassthroughDma::new(mem, s.audit(), 0x30);
+    // Unattached with global bypass: identity, no domain.
+    a.probe(0x3000, 8, Access::Read, "t").unwrap();
+    s.attach(7, EP_A.into(), false).unwrap();
+    s.map(7, 0x1000, 0x1fff, 0x5000, MAP_F_READ).unwrap();
+    a.probe(0x1000, 8, Access::Read, "t").unwrap();
+    // Permission fault: still translated in domain 7.
+    let _ = a.probe(0x1000, 8, Access::Write, "t");
+    // Bad range: the domain is known before the range is checked.
+    let _ = a.probe(0x1000, 0, Access::Read, "t");
+    s.attach(9, EP_B.into(), true).unwrap();
+    b.probe(0x3000, 8, Access::Read, "t").unwrap();
+    p.probe(0x3000, 8, Access::Read, "t").unwrap();
+    s.set_bypass(false);
+    s.detach(7, EP_A.into()).unwrap();
+    let _ = a.probe(0x1000, 8, Access::Read, "t");
+    let got: Vec<(Option<u32>, bool)> = s
+        .audit()
+        .drain_since(0)
+        .records
+        .into_iter()
+        .filter_map(|r| match r.event {
+            AuditEvent::Dma(d) => Some((d.domain, d.ok())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (None, true),
+            (Some(7), true),
+            (Some(7), false),
+            (Some(7), false),
+            (None, true),
+            (None, true),
+            (None, false),
+        ]
+    );
+}
+
+#[test]
+fn alias_iova_finds_another_mapping_of_the_same_bytes() {
+    let s = state();
+    let a = IommuDma::new(memory(), &s, EP_A);
+    assert_eq!(a.alias_iova(0x1000, 8), None, "no domain");
+    s.attach(1, EP_A.into(), false).unwrap();
+    // Binding 1: two pages at IOVA 0x10000; binding 2: the same pages at
+    // 0x80000 (one mapping), plus an unrelated page.
+    s.map(1, 0x10000, 0x10fff, 0x20000, MAP_F_READ).unwrap();
+    s.map(1, 0x11000, 0x11fff, 0x21000, MAP_F_READ).unwrap();
+    s.map(1, 0x80000, 0x81fff, 0x20000, MAP_F_READ).unwrap();
+    s.map(1, 0x90000, 0x90fff, 0x30000, MAP_F_READ).unwrap();
+    assert_eq!(a.alias_iova(0x10010, 0x100), Some(0x80010));
+    assert_eq!(a.alias_iova(0x11ff0, 0x10), Some(0x81ff0));
+    // Spanning both pages of binding 1 (contiguous in GPA): still one piece.
+    assert_eq!(a.alias_iova(0x10ff0, 0x20), Some(0x80ff0));
+    // And back: binding 2's IOVA aliases to binding 1's.
+    assert_eq!(a.alias_iova(0x80010, 0x100), Some(0x10010));
+    // Crossing into binding 2's IOVA range from binding 1 is not possible:
+    // spanning 0x81000..0x82000 is the end of the mapping.
+    assert_eq!(a.alias_iova(0x81ff0, 0x20), None, "unmapped tail");
+    assert_eq!(a.alias_iova(0x90000, 0x10), None, "only one mapping");
+    assert_eq!(a.alias_iova(0x10000, 0), None);
+    // The alias really reads the same bytes.
+    a.memory()
+        .write_slice(&[7u8; 16], GuestAddress(0x20100))
+        .unwrap();
+    let (mut x, mut y) = ([0u8; 16], [0u8; 16]);
+    a.read(0x10100, &mut x, "tx-payload").unwrap();
+    a.read(a.alias_iova(0x10100, 16).unwrap(), &mut y, "tx-payload")
+        .unwrap();
+    assert_eq!((x, y), ([7; 16], [7; 16]));
+    // Another endpoint's domain is not searched.
+    let b = IommuDma::new(memory(), &s, EP_B);
+    s.attach(2, EP_B.into(), false).unwrap();
+    s.map(2, 0x10000, 0x10fff, 0x20000, MAP_F_READ).unwrap();
+    assert_eq!(b.alias_iova(0x10010, 8), None);
+    // Without read permission, a mapping is no alias.
+    s.map(2, 0x50000, 0x50fff, 0x20000, MAP_F_WRITE).unwrap();
+    assert_eq!(b.alias_iova(0x10010, 8), None);
+    // Passthrough handles have none.
+    let p = PassthroughDma::new(memory(), s.audit(), 0x30);
+    assert_eq!(p.alias_iova(0x20000, 8), None);
 }
