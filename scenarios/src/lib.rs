@@ -2,6 +2,7 @@
 
 pub mod ethtool;
 pub mod events;
+pub mod feed;
 pub mod guest_tools;
 pub mod job;
 pub mod nested;

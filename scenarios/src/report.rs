@@ -70,26 +70,74 @@ impl DmaSummary {
     }
 }
 
-/// The invariants of ARCHITECTURE.md, by name.
+/// The invariants of ARCHITECTURE.md, by name (the DMA ones are judged by
+/// [`crate::verify`]; `expectation` by the step runner).
 pub const INVARIANTS: &[(&str, &str)] = &[
     (
-        "bound-device-only",
-        "DMA to a dmabuf page only by the bound device, through its IOMMU domain",
+        crate::verify::BOUND_DEVICE_ONLY,
+        "DMA to a dmabuf page only by the bound device, through its binding's IOVAs",
     ),
     (
-        "no-stray-dma",
+        crate::verify::NO_STRAY_DMA,
         "no other device touches dmabuf pages; no IOMMU fault on a binding's IOVA",
     ),
     (
-        "no-use-after-unbind",
-        "no DMA to a binding's pages after unbind or close",
+        crate::verify::NO_DMA_AFTER_UNBIND,
+        "no DMA to a binding's pages or IOVAs after unbind or close",
     ),
-    ("nothing-lost", "every payload byte sent arrives unchanged"),
+    (
+        crate::verify::BINDING_IOVA_IN_USE,
+        "no DMA through the IOVAs of a binding no socket sent or received with",
+    ),
+    (
+        crate::verify::PAYLOAD_INTACT,
+        "every payload byte sent arrives unchanged",
+    ),
+    (
+        crate::verify::AUDIT_COMPLETE,
+        "the verifier saw the whole DMA audit trail",
+    ),
     (
         "expectation",
         "each step's outcome matches the scenario's expectation for this kernel",
     ),
 ];
+
+impl DmaSummary {
+    /// Takes the verifier's findings: dmabuf counters per device, the
+    /// resolved bindings and the violations.
+    pub fn apply_verify(&mut self, v: &crate::verify::VerifyReport) {
+        for (bdf, d) in &v.by_device {
+            let e = self.by_device.entry(bdf.clone()).or_default();
+            e.dmabuf_reads = d.dmabuf_reads;
+            e.dmabuf_writes = d.dmabuf_writes;
+        }
+        for x in &v.violations {
+            let mut extra: BTreeMap<String, Value> = match serde_json::to_value(x) {
+                Ok(Value::Object(m)) => m.into_iter().collect(),
+                _ => BTreeMap::new(),
+            };
+            extra.remove("invariant");
+            extra.remove("message");
+            extra.retain(|_, v| !v.is_null());
+            self.violations.push(Violation {
+                invariant: x.invariant.clone(),
+                message: x.message.clone(),
+                extra,
+            });
+        }
+        self.extra
+            .insert("bindings".into(), serde_json::json!(v.bindings));
+        self.extra.insert(
+            "dmabuf_by_device".into(),
+            serde_json::json!(v.by_device),
+        );
+        if !v.notes.is_empty() {
+            self.extra
+                .insert("verifier_notes".into(), serde_json::json!(v.notes));
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KernelInfo {
@@ -142,13 +190,26 @@ pub fn build_report(
     engine: &str,
     timing: Timing,
     dma: Option<DmaSummary>,
+    verify: Option<&crate::verify::VerifyReport>,
 ) -> Report {
     let audited = dma.is_some();
-    let dma = dma.unwrap_or_default();
+    let mut dma = dma.unwrap_or_default();
+    if let Some(v) = verify {
+        dma.apply_verify(v);
+    }
     let mut invariants = Vec::new();
     for (name, _) in INVARIANTS {
+        if let Some(i) = verify.and_then(|v| v.invariant(name)) {
+            invariants.push(InvariantResult {
+                name: (*name).into(),
+                ok: i.ok,
+                checked: true,
+                detail: i.detail.clone(),
+            });
+            continue;
+        }
         let r = match *name {
-            "nothing-lost" => {
+            crate::verify::PAYLOAD_INTACT => {
                 let p = outcome.payload;
                 let ok = p.sent_bytes == p.verified_bytes
                     && outcome
@@ -229,9 +290,11 @@ pub fn build_report(
     }
     // A broken DMA invariant is a finding whatever the steps said, unless
     // the lab could not run at all.
+    // (payload-intact too: bytes lost or corrupted are a finding even when a
+    // step's expectation allowed its failure.)
     let dma_broken = invariants
         .iter()
-        .any(|i| !i.ok && !matches!(i.name.as_str(), "expectation" | "nothing-lost"));
+        .any(|i| !i.ok && i.name != "expectation");
     let verdict = match outcome.verdict {
         Verdict::Error => Verdict::Error,
         _ if dma_broken => Verdict::Fail,
@@ -523,6 +586,7 @@ mod tests {
                 total: 4000,
             },
             Some(dma),
+            None,
         );
         assert_eq!(r.verdict, Verdict::Pass);
         let j = r.to_json();
@@ -566,7 +630,7 @@ mod tests {
             message: "0000:00:05.0 wrote a dmabuf page".into(),
             extra: [("gpa".to_string(), json!(4096))].into_iter().collect(),
         });
-        let r = build_report(&o, kernel(), "kvm", Timing::default(), Some(dma.clone()));
+        let r = build_report(&o, kernel(), "kvm", Timing::default(), Some(dma.clone()), None);
         assert_eq!(r.verdict, Verdict::Fail);
         assert_eq!(r.exit_code, 1);
         let inv = r
@@ -579,7 +643,7 @@ mod tests {
         // Lab errors stay errors.
         let mut e = outcome(Verdict::Error, vec![], vec![]);
         e.error = Some("no agent".into());
-        let r = build_report(&e, kernel(), "nested", Timing::default(), Some(dma));
+        let r = build_report(&e, kernel(), "nested", Timing::default(), Some(dma), None);
         assert_eq!((r.verdict, r.exit_code), (Verdict::Error, 2));
         assert!(r.junit().contains("<error message=\"no agent\"/>"));
         // Expected failures stay exit 0; no audit → DMA invariants "not checked".
@@ -588,7 +652,7 @@ mod tests {
             vec![step("a", false, true, false)],
             vec![],
         );
-        let r = build_report(&x, kernel(), "kvm", Timing::default(), None);
+        let r = build_report(&x, kernel(), "kvm", Timing::default(), None, None);
         assert_eq!((r.verdict, r.exit_code), (Verdict::ExpectedFail, 0));
         assert!(
             r.invariants
@@ -608,6 +672,7 @@ mod tests {
             "kvm",
             Timing::default(),
             Some(dma),
+            None,
         );
         assert_eq!(r.verdict, Verdict::Fail);
         assert!(r.invariants.iter().any(|i| i.name == "other" && !i.ok));
@@ -633,12 +698,13 @@ mod tests {
                 total: 2500,
             },
             None,
+            None,
         );
         let x = r.junit();
         assert!(x.starts_with("<?xml"));
         assert!(x.contains("tests=\"8\""), "{x}");
         assert!(x.contains("skipped=\"4\""), "{x}");
-        // tcp step + nothing-lost + expectation.
+        // tcp step + payload-intact + expectation.
         assert!(x.contains("failures=\"3\""), "{x}");
         assert!(x.contains("name=\"step: tcp &lt;1&gt;\""));
         assert!(x.contains("detail of a &lt;&amp;&gt;&quot;&apos;\\x01"));
@@ -653,7 +719,7 @@ mod tests {
         r.print_summary(&mut s).unwrap();
         let s = String::from_utf8(s).unwrap();
         assert!(
-            s.contains("FAIL") && s.contains("skip") && s.contains("nothing-lost"),
+            s.contains("FAIL") && s.contains("skip") && s.contains("payload-intact"),
             "{s}"
         );
         assert!(s.starts_with(

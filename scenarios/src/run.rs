@@ -661,8 +661,20 @@ fn run_scenario(
         .as_ref()
         .map(|t| t.bdfs.clone())
         .unwrap_or_default();
-    let mut outcome =
-        crate::steps::run_scenario_steps(&scn, &job.kernel_spec, &nic_map, &mut b.agent, &*sink);
+    // The verifier watches every DMA of the run from here on.
+    let mut feed = crate::feed::VerifierFeed::start(
+        b.machine.devices().audit().clone(),
+        crate::verify::Verifier::from_bdfs(&nic_map),
+    );
+    let mut outcome = crate::steps::run_scenario_steps_with(
+        &crate::steps::RunnerConfig::default(),
+        &scn,
+        &job.kernel_spec,
+        &nic_map,
+        &mut b.agent,
+        &*sink,
+        &mut feed,
+    );
     // A step that failed because the machine itself ended under it: name
     // that, not the agent's silence that followed.
     if let (Some(e), Some(r)) = (&outcome.error, b.machine.exit_reason()) {
@@ -690,6 +702,13 @@ fn run_scenario(
     let nics = b.topology.as_ref().map(|t| t.stats());
     let exit = power_off(&mut b);
     step(&*sink, t0, "VM ended", describe_exit(&exit));
+    let (verdict, fact_errors) = feed.finish();
+    for e in &fact_errors {
+        sink.emit(Event::Log {
+            level: "warn".into(),
+            message: format!("verifier: a tool's facts were refused: {e}"),
+        });
+    }
     let report = crate::report::build_report(
         &outcome,
         crate::report::KernelInfo {
@@ -702,9 +721,13 @@ fn run_scenario(
             total: t0.elapsed().as_millis() as u64,
         },
         dma,
+        Some(&verdict),
     );
     let mut json = report.to_json();
     json["nics"] = json!(nics);
+    if !fact_errors.is_empty() {
+        json["verifier_fact_errors"] = json!(fact_errors);
+    }
     if let Some(v) = vcpus_at_error {
         json["vcpus_at_error"] = v;
     }

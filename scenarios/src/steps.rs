@@ -166,8 +166,20 @@ pub fn run_scenario_steps(
         nic_map,
         exec,
         sink,
+        &mut NoObserver,
     )
 }
+
+/// Told when each step starts and ends (the DMA verifier marks the audit
+/// trail with step boundaries and takes the facts the step's tools printed).
+pub trait StepObserver {
+    fn step_started(&mut self, _name: &str) {}
+    fn step_ended(&mut self, _name: &str, _result: &StepResult) {}
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+impl StepObserver for NoObserver {}
 
 struct Ctx<'a, E: GuestExec> {
     cfg: &'a RunnerConfig,
@@ -185,6 +197,7 @@ pub fn run_scenario_steps_with(
     nic_map: &BTreeMap<String, String>,
     exec: &mut impl GuestExec,
     sink: &dyn EventSink,
+    observer: &mut dyn StepObserver,
 ) -> ScenarioOutcome {
     let t0 = Instant::now();
     let mut out = ScenarioOutcome {
@@ -260,12 +273,13 @@ pub fn run_scenario_steps_with(
             continue;
         }
         let st = Instant::now();
+        observer.step_started(&step.name);
         let r = run_step(&mut ctx, i, step);
         let mut r = match r {
             Ok(r) => r,
             Err(LabError(e)) => {
                 emit(format!("step {}", step.name), format!("LAB ERROR: {e}"));
-                out.steps.push(StepResult {
+                let r = StepResult {
                     name: step.name.clone(),
                     kind: step.kind.name().into(),
                     ok: false,
@@ -276,7 +290,9 @@ pub fn run_scenario_steps_with(
                     data: Value::Null,
                     as_expected: false,
                     skipped: false,
-                });
+                };
+                observer.step_ended(&step.name, &r);
+                out.steps.push(r);
                 let e = format!("step {:?}: {e}", step.name);
                 stop = Some("the lab failed".into());
                 out.error = Some(e);
@@ -284,6 +300,7 @@ pub fn run_scenario_steps_with(
             }
         };
         r.duration_ms = st.elapsed().as_millis() as u64;
+        observer.step_ended(&step.name, &r);
         let se = expect.steps.get(&step.name).cloned().unwrap_or_default();
         match check(&se, &r) {
             Ok(()) => r.as_expected = true,
@@ -1027,8 +1044,15 @@ mod tests {
         let mut g = FakeGuest::new();
         g.netdev_delay = 2;
         let sink = CollectSink::default();
-        let o =
-            run_scenario_steps_with(&cfg(), &small_smoke(), "patched", &nic_map(), &mut g, &sink);
+        let o = run_scenario_steps_with(
+            &cfg(),
+            &small_smoke(),
+            "patched",
+            &nic_map(),
+            &mut g,
+            &sink,
+            &mut NoObserver,
+        );
         assert_eq!(o.verdict, Verdict::Pass, "{o:#?}");
         assert_eq!(o.error, None);
         assert_eq!(o.nics["nic1"].ifname, "eth1");
@@ -1082,6 +1106,7 @@ mod tests {
             &nic_map(),
             &mut g,
             &CollectSink::default(),
+            &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::Fail);
         assert_eq!(o.verdict.exit_code(), 1);
@@ -1109,6 +1134,7 @@ mod tests {
             &nic_map(),
             &mut g,
             &CollectSink::default(),
+            &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::Fail);
         let first_ping = o.steps.iter().position(|s| s.kind == "ping").unwrap();
@@ -1153,6 +1179,7 @@ steps."bind-tx" = { ok = false, errno = "EOPNOTSUPP", extack = "No DMA-capable" 
             &nic_map(),
             &mut g,
             &CollectSink::default(),
+            &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::ExpectedFail, "{o:#?}");
         assert_eq!(o.verdict.exit_code(), 0);
@@ -1168,6 +1195,7 @@ steps."bind-tx" = { ok = false, errno = "EOPNOTSUPP", extack = "No DMA-capable" 
             &nic_map(),
             &mut g,
             &CollectSink::default(),
+            &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::Fail);
         // Baseline unexpectedly succeeds → a finding.
@@ -1180,6 +1208,7 @@ steps."bind-tx" = { ok = false, errno = "EOPNOTSUPP", extack = "No DMA-capable" 
             &nic_map(),
             &mut g,
             &CollectSink::default(),
+            &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::Fail);
         assert!(o.mismatches[0].contains("succeeded"));
@@ -1194,6 +1223,7 @@ steps."bind-tx" = { ok = false, errno = "EOPNOTSUPP", extack = "No DMA-capable" 
             &nic_map(),
             &mut g,
             &CollectSink::default(),
+            &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::Fail);
         assert!(o.mismatches[0].contains("errno"), "{:?}", o.mismatches);
@@ -1211,6 +1241,7 @@ steps."bind-tx" = { ok = false, errno = "EOPNOTSUPP", extack = "No DMA-capable" 
             &m,
             &mut FakeGuest::new(),
             &CollectSink::default(),
+            &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::Error);
         assert!(o.error.unwrap().contains("nic1"));
@@ -1226,6 +1257,7 @@ steps."bind-tx" = { ok = false, errno = "EOPNOTSUPP", extack = "No DMA-capable" 
             &nic_map(),
             &mut g,
             &CollectSink::default(),
+            &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::Error);
         assert!(o.error.unwrap().contains("nic1 (0000:00:05.0)"));
@@ -1239,6 +1271,7 @@ steps."bind-tx" = { ok = false, errno = "EOPNOTSUPP", extack = "No DMA-capable" 
             &nic_map(),
             &mut g,
             &CollectSink::default(),
+            &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::Error);
         assert_eq!(o.verdict.exit_code(), 2);
@@ -1254,6 +1287,7 @@ steps."bind-tx" = { ok = false, errno = "EOPNOTSUPP", extack = "No DMA-capable" 
             &nic_map(),
             &mut FakeGuest::new(),
             &CollectSink::default(),
+            &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::Error);
     }
