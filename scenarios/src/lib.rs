@@ -5,6 +5,7 @@ pub mod events;
 pub mod guest_tools;
 pub mod job;
 pub mod nested;
+pub mod netkit;
 pub mod qemu;
 pub mod report;
 pub mod run;
