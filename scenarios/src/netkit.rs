@@ -54,6 +54,15 @@
 //! netkit peer hook) non-ICMPv6 IPv6 goes `bpf_redirect_neigh` out of the NIC
 //! (upstream nk_primary_rx_redirect.bpf.c). The remote's route back to
 //! `--addr` is the scenario's business (`route-add --netns remote`).
+//! With `--mode bpf` neither direction needs IPv6 forwarding (the lab's VM
+//! runs moved 4 MiB with `all.forwarding` set back to 0); the forwarding
+//! setup stays in place so ICMPv6 and the host routes keep working.
+//!
+//! Seen on the lab VM (7.3.4 and 7.1.13 alike): `queue-get` answers ENOENT
+//! for a device that is down (the netkit peer before `netkit-wire`); the
+//! lease nest appears only on the physical queue (`queue-get --dev eth0`),
+//! with the container's netns id as the init netns knows it; deleting the
+//! netkit ends the lease.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -1644,7 +1653,12 @@ pub fn netkit_wire(w: &WireArgs) -> Result<Value, ToolError> {
         vec![format!("{}/{}", w.addr, w.prefix)],
         true,
     )?);
-    steps.push(setup(&w.peer, Some(&w.netns), vec!["fe80::2/64".into()], false)?);
+    steps.push(setup(
+        &w.peer,
+        Some(&w.netns),
+        vec!["fe80::2/64".into()],
+        false,
+    )?);
     let def = RouteSpec {
         dst: std::net::Ipv6Addr::UNSPECIFIED.into(),
         dst_len: 0,
@@ -1792,5 +1806,418 @@ pub fn main(tool: &str, args: &[String]) -> i32 {
             print(&e.to_json());
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    /// A hand-built attribute: header, payload, padding.
+    fn hattr(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(payload);
+        while v.len() % 4 != 0 {
+            v.push(0);
+        }
+        v
+    }
+
+    fn hnest(ty: u16, inner: &[Vec<u8>]) -> Vec<u8> {
+        hattr(ty | 0x8000, &inner.concat())
+    }
+
+    fn u32b(v: u32) -> Vec<u8> {
+        v.to_ne_bytes().to_vec()
+    }
+
+    /// nlmsghdr with REQUEST|ACK|extra flags.
+    fn hmsg(ty: u16, extra_flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(&(0x05 | extra_flags).to_ne_bytes());
+        v.extend_from_slice(&seq.to_ne_bytes());
+        v.extend_from_slice(&[0; 4]);
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn newlink_bytes_match_hand_built() {
+        let s = parse_netkit_add(&sv(
+            "--primary nkh --peer nkg --num-rx-queues 2 --peer-policy blackhole",
+        ))
+        .unwrap();
+        let got = netkit_newlink_request(&s, 7, Some(9));
+        let ifi = [0u8; 16];
+        let mut peer = ifi.to_vec();
+        peer.extend(hattr(3, b"nkg\0"));
+        peer.extend(hattr(32, &u32b(2)));
+        peer.extend(hattr(28, &u32b(9)));
+        let data = hnest(
+            2,
+            &[
+                hattr(5, &u32b(0)), // mode l2
+                hattr(3, &u32b(0)), // policy forward
+                hattr(4, &u32b(2)), // peer policy blackhole
+                hattr(1, &peer),    // peer info, not flagged nested
+            ],
+        );
+        let linkinfo = hnest(18, &[hattr(1, b"netkit\0"), data]);
+        let body = [
+            ifi.to_vec(),
+            hattr(3, b"nkh\0"),
+            hattr(32, &u32b(2)),
+            linkinfo,
+        ]
+        .concat();
+        assert_eq!(got, hmsg(16, 0x600, 7, &body));
+        // Parses back: the outer length is the message length.
+        let m = nl::parse_msgs(&got).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].ty, RTM_NEWLINK);
+    }
+
+    #[test]
+    fn small_rtnetlink_requests() {
+        let ifi = [0u8; 16];
+        assert_eq!(
+            dellink_request("nkh", 3),
+            hmsg(17, 0, 3, &[ifi.to_vec(), hattr(3, b"nkh\0")].concat())
+        );
+        let rtgen = [0u8, 0, 0, 0];
+        assert_eq!(
+            getnsid_request(5, 4),
+            hmsg(90, 0, 4, &[rtgen.to_vec(), hattr(3, &u32b(5))].concat())
+        );
+        assert_eq!(
+            newnsid_request(5, -1, 4),
+            hmsg(
+                88,
+                0,
+                4,
+                &[
+                    rtgen.to_vec(),
+                    hattr(3, &u32b(5)),
+                    hattr(1, &(-1i32).to_ne_bytes())
+                ]
+                .concat()
+            )
+        );
+        // route-add 2001:db8:2::2/128 via fe80::2 dev (oif 4)
+        let (_, r) = parse_route_add(&sv("2001:db8:2::2/128 via fe80::2 dev nkh")).unwrap();
+        let dst: std::net::Ipv6Addr = "2001:db8:2::2".parse().unwrap();
+        let gw: std::net::Ipv6Addr = "fe80::2".parse().unwrap();
+        let rtm = [libc::AF_INET6 as u8, 128, 0, 0, 254, 4, 0, 1, 0, 0, 0, 0];
+        assert_eq!(
+            newroute_request(&r, Some(4), 9),
+            hmsg(
+                24,
+                0x600,
+                9,
+                &[
+                    rtm.to_vec(),
+                    hattr(1, &dst.octets()),
+                    hattr(5, &gw.octets()),
+                    hattr(4, &u32b(4))
+                ]
+                .concat()
+            )
+        );
+        // An IPv4 device route is link-scoped and a default route has no RTA_DST.
+        let (_, r) = parse_route_add(&sv("10.0.0.0/8 dev eth0")).unwrap();
+        let m = newroute_request(&r, Some(2), 1);
+        assert_eq!(&m[16..28], &[2, 8, 0, 0, 254, 4, 253, 1, 0, 0, 0, 0]);
+        let (ns, r) = parse_route_add(&sv("--netns ctr default via fe80::1 dev nkg")).unwrap();
+        assert_eq!(ns.as_deref(), Some("ctr"));
+        let m = newroute_request(&r, Some(2), 1);
+        assert_eq!(m[17], 0); // dst_len
+        let attrs = nl::parse_attrs(&m[28..]).unwrap();
+        assert_eq!(
+            attrs.iter().map(|a| a.ty).collect::<Vec<_>>(),
+            vec![RTA_GATEWAY, RTA_OIF]
+        );
+    }
+
+    #[test]
+    fn queue_create_attrs_match_hand_built() {
+        let r = LeaseReq {
+            ifindex: 2,
+            lessor_ifindex: 5,
+            lessor_queue: 1,
+            netns_id: Some(0),
+        };
+        let want = [
+            hattr(2, &u32b(2)), // ifindex
+            hattr(3, &u32b(0)), // type rx
+            hnest(
+                8,
+                &[
+                    hattr(1, &u32b(5)),
+                    hnest(2, &[hattr(1, &u32b(1)), hattr(3, &u32b(0))]),
+                    hattr(3, &0i32.to_ne_bytes()),
+                ],
+            ),
+        ]
+        .concat();
+        assert_eq!(queue_create_attrs(&r), want);
+        let no_ns = queue_create_attrs(&LeaseReq {
+            netns_id: None,
+            ..r
+        });
+        assert_eq!(no_ns.len(), want.len() - 8);
+        assert_eq!(
+            queue_get_attrs(2, 1, NETDEV_QUEUE_TYPE_RX),
+            [hattr(2, &u32b(2)), hattr(3, &u32b(0)), hattr(1, &u32b(1))].concat()
+        );
+    }
+
+    #[test]
+    fn queue_reply_with_lease_parses() {
+        let reply = [
+            hattr(1, &u32b(1)),
+            hattr(3, &u32b(0)),
+            hattr(2, &u32b(2)),
+            hattr(4, &u32b(8206)),
+            hnest(
+                8,
+                &[
+                    hnest(2, &[hattr(1, &u32b(1)), hattr(3, &u32b(0))]),
+                    hattr(1, &u32b(2)),
+                    hattr(3, &1i32.to_ne_bytes()),
+                ],
+            ),
+            hattr(5, &u32b(3)),
+        ]
+        .concat();
+        let v = parse_queue_attrs(&reply).unwrap();
+        assert_eq!(
+            v,
+            json!({"id": 1, "type": "rx", "ifindex": 2, "napi_id": 8206, "dmabuf": 3,
+                   "lease": {"queue": {"id": 1, "type": "rx"}, "ifindex": 2, "netns_id": 1}})
+        );
+        // Truncated or malformed replies are errors, not panics.
+        assert!(parse_queue_attrs(&reply[..reply.len() - 2]).is_err());
+        assert!(parse_queue_attrs(&hattr(1, &[1, 2])).is_err());
+        let bad_nest = hnest(8, &[vec![0xff, 0x00, 0x01, 0x00]]);
+        assert!(parse_queue_attrs(&bad_nest).is_err());
+        // nsid reply: rtgenmsg + NETNSA_NSID.
+        let r = [vec![0u8; 4], hattr(1, &(-1i32).to_ne_bytes())].concat();
+        assert_eq!(parse_nsid_reply(&r), Ok(-1));
+        assert!(parse_nsid_reply(&[0, 0]).is_err());
+        assert!(parse_nsid_reply(&[0u8; 4]).is_err());
+    }
+
+    #[test]
+    fn bpf_instruction_encoding() {
+        // Reference encodings (struct bpf_insn, little-endian bitfields).
+        let cases: &[(Insn, [u8; 8])] = &[
+            (
+                Insn::mov64_imm(0, -1),
+                [0xb7, 0x00, 0, 0, 0xff, 0xff, 0xff, 0xff],
+            ),
+            (Insn::mov64_reg(4, 2), [0xbf, 0x24, 0, 0, 0, 0, 0, 0]),
+            (Insn::add64_imm(4, 54), [0x07, 0x04, 0, 0, 54, 0, 0, 0]),
+            (Insn::ldx(op::W, 2, 1, 76), [0x61, 0x12, 76, 0, 0, 0, 0, 0]),
+            (Insn::ldx(op::H, 5, 2, 12), [0x69, 0x25, 12, 0, 0, 0, 0, 0]),
+            (Insn::ldx(op::B, 5, 2, 20), [0x71, 0x25, 20, 0, 0, 0, 0, 0]),
+            (Insn::jgt_reg(4, 3, 9), [0x2d, 0x34, 9, 0, 0, 0, 0, 0]),
+            (
+                Insn::jne32_imm(5, 0xdd86, 1),
+                [0x56, 0x05, 1, 0, 0x86, 0xdd, 0, 0],
+            ),
+            (
+                Insn::jeq32_imm(5, 58, -2),
+                [0x16, 0x05, 0xfe, 0xff, 58, 0, 0, 0],
+            ),
+            (
+                Insn::and32_imm(5, 0x00ff_ffff),
+                [0x54, 0x05, 0, 0, 0xff, 0xff, 0xff, 0],
+            ),
+            (Insn::call(155), [0x85, 0, 0, 0, 155, 0, 0, 0]),
+            (Insn::exit(), [0x95, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        for (i, want) in cases {
+            assert_eq!(&i.encode(), want, "{i:?}");
+        }
+    }
+
+    #[test]
+    fn redirect_programs() {
+        // Unconditional: set args, call, exit.
+        let p = redirect_program(Helper::Peer, 4, &Match::default());
+        assert_eq!(
+            encode_program(&p),
+            [
+                Insn::mov64_imm(1, 4),
+                Insn::mov64_imm(2, 0),
+                Insn::call(BPF_FUNC_REDIRECT_PEER),
+                Insn::exit()
+            ]
+            .iter()
+            .flat_map(|i| i.encode())
+            .collect::<Vec<_>>()
+        );
+        let p = redirect_program(Helper::Neigh, 2, &Match::default());
+        assert_eq!(p.len(), 6);
+        assert_eq!(p[4], Insn::call(BPF_FUNC_REDIRECT_NEIGH));
+        let p = redirect_program(Helper::Redirect, 2, &Match::default());
+        assert_eq!(p[2], Insn::call(BPF_FUNC_REDIRECT));
+
+        // Filtered: every conditional jump lands on the "pass" tail.
+        let m = Match {
+            dst: Some(("2001:db8:2::2".parse().unwrap(), 64)),
+            skip_icmp6: true,
+        };
+        let p = redirect_program(Helper::Peer, 4, &m);
+        let pass = p.len() - 2;
+        assert_eq!(p[pass], Insn::mov64_imm(0, NETKIT_NEXT));
+        assert_eq!(p[pass + 1], Insn::exit());
+        let jumps: Vec<usize> = (0..p.len())
+            .filter(|&i| p[i].code & 0x07 == op::JMP || p[i].code & 0x07 == op::JMP32)
+            .filter(|&i| p[i].code & 0xf0 != op::CALL && p[i].code & 0xf0 != op::EXIT)
+            .collect();
+        // bounds, ethertype, ICMPv6, two /64 words.
+        assert_eq!(jumps.len(), 5);
+        for j in &jumps {
+            assert_eq!(j + 1 + p[*j].off as usize, pass, "jump at {j}");
+        }
+        // The bounds check covers Ethernet + IPv6 headers.
+        assert!(p.contains(&Insn::add64_imm(4, 54)));
+        // The prefix words compare the daddr's first 8 bytes as loaded.
+        assert!(p.contains(&Insn::ldx(op::W, 5, 2, 38)));
+        assert!(p.contains(&Insn::ldx(op::W, 5, 2, 42)));
+        assert!(!p.contains(&Insn::ldx(op::W, 5, 2, 46)));
+        let w0 = u32::from_ne_bytes([0x20, 0x01, 0x0d, 0xb8]) as i32;
+        assert!(p.iter().any(|i| *i == Insn::jne32_imm(5, w0, i.off)));
+
+        // IPv4 /20: ethertype 0x0800, daddr at 30, a mask on the partial word.
+        let m = Match {
+            dst: Some(("10.1.16.0".parse().unwrap(), 20)),
+            skip_icmp6: false,
+        };
+        let p = redirect_program(Helper::Redirect, 3, &m);
+        assert!(p.contains(&Insn::add64_imm(4, 34)));
+        let et = u16::from_ne_bytes([0x08, 0x00]) as i32;
+        assert!(p.iter().any(|i| *i == Insn::jne32_imm(5, et, i.off)));
+        let mask = u32::from_ne_bytes([0xff, 0xff, 0xf0, 0x00]) as i32;
+        assert!(p.contains(&Insn::and32_imm(5, mask)));
+        let val = u32::from_ne_bytes([10, 1, 16, 0]) as i32;
+        assert!(p.iter().any(|i| *i == Insn::jne32_imm(5, val, i.off)));
+    }
+
+    #[test]
+    fn argument_errors() {
+        let bad = |f: fn(&[String]) -> Result<(), String>, s: &str| {
+            f(&sv(s)).expect_err(s);
+        };
+        let nk = |a: &[String]| parse_netkit_add(a).map(|_| ());
+        bad(nk, "--primary nkh");
+        bad(nk, "--primary nkh --peer nkh");
+        bad(nk, "--primary nkh --peer nkg --mode l4");
+        bad(nk, "--primary nkh --peer nkg --num-rx-queues 0");
+        bad(nk, "--primary nkh --peer nkg --policy maybe");
+        bad(nk, "--primary averyveryverylongname --peer nkg");
+        bad(nk, "--primary nkh --peer nkg --bogus");
+        bad(nk, "--primary nkh --peer");
+        let s = parse_netkit_add(&sv("--primary a --peer b --mode l3 --policy blackhole")).unwrap();
+        assert_eq!(
+            (s.mode, s.policy, s.peer_policy),
+            (NETKIT_L3, NETKIT_DROP, NETKIT_PASS)
+        );
+
+        let ql = |a: &[String]| parse_queue_lease(a).map(|_| ());
+        bad(ql, "--dev nkg --lessor eth0");
+        bad(ql, "--dev nkg --queue 1");
+        bad(ql, "--dev nkg --lessor eth0 --queue x");
+        bad(ql, "--dev nkg --lessor eth0 --queue 1 --netns-id -3");
+        let l = parse_queue_lease(&sv(
+            "--dev nkg --netns c --lessor eth0 --queue 3 --no-netns-id",
+        ))
+        .unwrap();
+        assert_eq!((l.queue, l.netns_id), (3, Some(None)));
+
+        let br = |a: &[String]| parse_bpf_redirect(a).map(|_| ());
+        bad(br, "--dev eth0 --to nkh");
+        bad(br, "--dev eth0 --to nkh --hook xdp");
+        bad(br, "--dev eth0 --to nkh --hook tcx-ingress --peer --neigh");
+        bad(
+            br,
+            "--dev eth0 --to nkh --hook tcx-ingress --match-dst 10.0.0.1/8 --skip-icmp6",
+        );
+        bad(
+            br,
+            "--dev eth0 --to nkh --hook tcx-ingress --match-dst nope",
+        );
+        bad(br, "--dev eth0 --to nkh --hook tcx-ingress --pin ../x");
+        let r = parse_bpf_redirect(&sv("--dev nkh --hook netkit-peer --to eth0 --neigh")).unwrap();
+        assert_eq!((r.attach_type, r.helper), (BPF_NETKIT_PEER, Helper::Neigh));
+
+        let ra = |a: &[String]| parse_route_add(a).map(|_| ());
+        bad(ra, "");
+        bad(ra, "default dev eth0");
+        bad(ra, "10.0.0.0/8");
+        bad(ra, "10.0.0.0/8 via fe80::1");
+        bad(ra, "10.0.0.0/40 dev eth0");
+        bad(ra, "10.0.0.0/8 dev eth0 extra");
+
+        let w = |a: &[String]| parse_wire(a).map(|_| ());
+        bad(
+            w,
+            "--nic eth0 --primary a --peer b --netns c --addr 2001:db8::2/64",
+        );
+        bad(
+            w,
+            "--mode bpf --nic eth0 --primary a --peer b --netns c --addr 10.0.0.2/24",
+        );
+        bad(w, "--mode bpf --nic eth0 --primary a --peer b --netns c");
+        bad(
+            w,
+            "--mode x --nic eth0 --primary a --peer b --netns c --addr 2001:db8::2/64",
+        );
+        bad(
+            w,
+            "--mode bpf --nic eth0 --primary a --peer b --netns c --addr 2001:db8::2/64 --tx-hook tcx-egress",
+        );
+
+        // The entry point: bad usage is exit 2 before touching the kernel.
+        assert_eq!(main("netkit-add", &sv("--primary x")), 2);
+        assert_eq!(main("queue-get", &sv("--dev eth0")), 2);
+        assert_eq!(main("queue-get", &sv("--dev eth0 --queue 1 --type zz")), 2);
+        assert_eq!(main("netkit-del", &[]), 2);
+        assert_eq!(main("no-such-tool", &[]), 2);
+        assert!(check_ns_name("a/b").is_err());
+        assert!(check_ns_name("..").is_err());
+    }
+
+    #[test]
+    fn error_json_and_errno_names() {
+        assert_eq!(errno_name(libc::EOPNOTSUPP), "EOPNOTSUPP");
+        assert_eq!(errno_name(libc::ENONET), "ENONET");
+        assert_eq!(errno_name(9999), "E9999");
+        let e = ToolError::nl(
+            "queue-create",
+            "NETDEV_CMD_QUEUE_CREATE",
+            NlError {
+                errno: libc::EINVAL,
+                extack: Some("Lease device is a virtual device".into()),
+            },
+        );
+        let v = e.to_json();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["stage"], "queue-create");
+        assert_eq!(v["errno"], libc::EINVAL);
+        assert_eq!(v["errno_name"], "EINVAL");
+        assert_eq!(v["extack"], "Lease device is a virtual device");
+        assert!(v["error"].as_str().unwrap().contains("virtual device"));
+        let v = ToolError::new("args", "x").to_json();
+        assert!(v.get("errno").is_none() && v.get("extack").is_none());
     }
 }
