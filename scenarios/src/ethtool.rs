@@ -1181,12 +1181,18 @@ pub mod nl {
 
     impl Genl {
         pub fn open() -> Result<Genl, NlError> {
+            Genl::open_protocol(NETLINK_GENERIC)
+        }
+
+        /// The same client on another netlink protocol (e.g. `NETLINK_ROUTE`,
+        /// whose requests carry their own fixed header instead of genlmsghdr).
+        pub fn open_protocol(protocol: i32) -> Result<Genl, NlError> {
             // SAFETY: plain socket(2).
             let fd = unsafe {
                 libc::socket(
                     libc::AF_NETLINK,
                     libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    NETLINK_GENERIC,
+                    protocol,
                 )
             };
             if fd < 0 {

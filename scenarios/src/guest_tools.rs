@@ -44,6 +44,13 @@ pub const TOOLS: &[&str] = &[
     "netns-exec",
     "netns-setup",
     "ethtool",
+    "netkit-add",
+    "netkit-del",
+    "queue-lease",
+    "queue-get",
+    "bpf-redirect",
+    "netkit-wire",
+    "route-add",
 ];
 
 // ---------------------------------------------------------------- pattern
@@ -1052,6 +1059,7 @@ pub fn main(tool: &str, args: &[String]) -> i32 {
             }
         }
         "ethtool" => crate::ethtool::main(args),
+        t if crate::netkit::TOOLS.contains(&t) => crate::netkit::main(t, args),
         _ => usage(tool, format!("unknown tool (known: {})", TOOLS.join(", "))),
     }
 }

@@ -6,6 +6,7 @@ pub mod feed;
 pub mod guest_tools;
 pub mod job;
 pub mod nested;
+pub mod netkit;
 pub mod qemu;
 pub mod report;
 pub mod run;

@@ -444,6 +444,23 @@ pub fn guest_tool(tool: &str, a: ToolArgs) -> i32 {
     scenarios::guest_tools::main(tool, &a.args)
 }
 
+/// In the guest: a tool without its own subcommand variant (`argv[0]` is
+/// its name); only names in scenarios::guest_tools::TOOLS are accepted.
+pub fn guest_tool_external(argv: &[String]) -> i32 {
+    match argv.split_first() {
+        Some((tool, args)) if scenarios::guest_tools::TOOLS.contains(&tool.as_str()) => {
+            scenarios::guest_tools::main(tool, args)
+        }
+        _ => {
+            eprintln!(
+                "netmem-lab: unknown subcommand {:?} (see --help)",
+                argv.first().map(String::as_str).unwrap_or("")
+            );
+            2
+        }
+    }
+}
+
 /// Inside L1: run the job on L1's KVM, streaming events to the host.
 pub fn l1_job(job_path: &Path) -> i32 {
     let res = (|| -> Result<i32> {

@@ -61,6 +61,9 @@ enum Command {
     NetnsSetup(cmd::ToolArgs),
     #[command(hide = true, name = "ethtool")]
     Ethtool(cmd::ToolArgs),
+    /// Any other guest tool listed in scenarios::guest_tools::TOOLS.
+    #[command(external_subcommand)]
+    Tool(Vec<String>),
 }
 
 fn init_tracing(verbose: u8) {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::NetnsExec(a) => cmd::guest_tool("netns-exec", a),
         Command::NetnsSetup(a) => cmd::guest_tool("netns-setup", a),
         Command::Ethtool(a) => cmd::guest_tool("ethtool", a),
+        Command::Tool(v) => cmd::guest_tool_external(&v),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
