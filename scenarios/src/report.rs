@@ -702,8 +702,8 @@ mod tests {
         );
         let x = r.junit();
         assert!(x.starts_with("<?xml"));
-        assert!(x.contains("tests=\"8\""), "{x}");
-        assert!(x.contains("skipped=\"4\""), "{x}");
+        assert!(x.contains("tests=\"10\""), "{x}");
+        assert!(x.contains("skipped=\"6\""), "{x}");
         // tcp step + payload-intact + expectation.
         assert!(x.contains("failures=\"3\""), "{x}");
         assert!(x.contains("name=\"step: tcp &lt;1&gt;\""));
