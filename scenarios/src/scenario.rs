@@ -175,7 +175,51 @@ pub enum StepKind {
         bytes: u64,
         #[serde(default = "one")]
         seed: u64,
+        /// Send with devmem TX from a dmabuf (`netmem-lab devmem-tx`)
+        /// instead of plain `tcp-source`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        devmem_tx: Option<DevmemTx>,
+        /// Receive with devmem RX into a dmabuf (`netmem-lab devmem-rx`)
+        /// instead of plain `tcp-sink`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        devmem_rx: Option<DevmemRx>,
     },
+}
+
+/// The devmem sender of a transfer (runs in the transfer's `from_netns`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevmemTx {
+    /// The device `bind-tx` names (`{nic0}`, or a netkit guest).
+    pub dev: String,
+    /// Bind the dmabuf a second time on the same device and never send with
+    /// that binding (its IOVAs must stay unused).
+    #[serde(default)]
+    pub spare_binding: bool,
+    /// Close the binding's netlink socket (unbind) after this many bytes and
+    /// keep sending: the step then passes when the sender saw an error after
+    /// the unbind and every byte it had sent arrived intact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unbind_after: Option<u64>,
+    /// dmabuf size (the tool's default if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmabuf_size: Option<u64>,
+    /// `SO_BINDTODEVICE` the socket to `dev`.
+    #[serde(default)]
+    pub bind_dev: bool,
+}
+
+/// The devmem receiver of a transfer (runs in the transfer's `to_netns`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevmemRx {
+    /// The device `bind-rx` names.
+    pub dev: String,
+    /// The RX queue bound to the dmabuf (flow steering must send the flow
+    /// there: an earlier `ethtool -N` step).
+    pub queue: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmabuf_size: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -440,11 +484,29 @@ impl Scenario {
                             .map_err(|e| ctx(format!("to {to:?}: {e}")))?;
                     }
                 }
-                StepKind::TcpTransfer { to, bytes, .. } => {
+                StepKind::TcpTransfer {
+                    to,
+                    bytes,
+                    devmem_tx,
+                    devmem_rx,
+                    ..
+                } => {
                     to.parse::<std::net::IpAddr>()
                         .map_err(|e| ctx(format!("to {to:?}: {e}")))?;
                     if *bytes == 0 {
                         return Err(ctx("bytes 0".into()));
+                    }
+                    if devmem_tx.as_ref().is_some_and(|d| d.dev.is_empty())
+                        || devmem_rx.as_ref().is_some_and(|d| d.dev.is_empty())
+                    {
+                        return Err(ctx("devmem dev is empty".into()));
+                    }
+                    if let Some(u) = devmem_tx.as_ref().and_then(|d| d.unbind_after)
+                        && u >= *bytes
+                    {
+                        return Err(ctx(format!(
+                            "unbind_after {u} must be below bytes {bytes}"
+                        )));
                     }
                 }
             }
