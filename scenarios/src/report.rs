@@ -128,10 +128,8 @@ impl DmaSummary {
         }
         self.extra
             .insert("bindings".into(), serde_json::json!(v.bindings));
-        self.extra.insert(
-            "dmabuf_by_device".into(),
-            serde_json::json!(v.by_device),
-        );
+        self.extra
+            .insert("dmabuf_by_device".into(), serde_json::json!(v.by_device));
         if !v.notes.is_empty() {
             self.extra
                 .insert("verifier_notes".into(), serde_json::json!(v.notes));
@@ -292,9 +290,7 @@ pub fn build_report(
     // the lab could not run at all.
     // (payload-intact too: bytes lost or corrupted are a finding even when a
     // step's expectation allowed its failure.)
-    let dma_broken = invariants
-        .iter()
-        .any(|i| !i.ok && i.name != "expectation");
+    let dma_broken = invariants.iter().any(|i| !i.ok && i.name != "expectation");
     let verdict = match outcome.verdict {
         Verdict::Error => Verdict::Error,
         _ if dma_broken => Verdict::Fail,
@@ -630,7 +626,14 @@ mod tests {
             message: "0000:00:05.0 wrote a dmabuf page".into(),
             extra: [("gpa".to_string(), json!(4096))].into_iter().collect(),
         });
-        let r = build_report(&o, kernel(), "kvm", Timing::default(), Some(dma.clone()), None);
+        let r = build_report(
+            &o,
+            kernel(),
+            "kvm",
+            Timing::default(),
+            Some(dma.clone()),
+            None,
+        );
         assert_eq!(r.verdict, Verdict::Fail);
         assert_eq!(r.exit_code, 1);
         let inv = r

@@ -504,9 +504,7 @@ impl Scenario {
                     if let Some(u) = devmem_tx.as_ref().and_then(|d| d.unbind_after)
                         && u >= *bytes
                     {
-                        return Err(ctx(format!(
-                            "unbind_after {u} must be below bytes {bytes}"
-                        )));
+                        return Err(ctx(format!("unbind_after {u} must be below bytes {bytes}")));
                     }
                 }
             }

@@ -300,7 +300,6 @@ pub fn run_scenario_steps_with(
             }
         };
         r.duration_ms = st.elapsed().as_millis() as u64;
-        observer.step_ended(&step.name, &r);
         let se = expect.steps.get(&step.name).cloned().unwrap_or_default();
         match check(&se, &r) {
             Ok(()) => r.as_expected = true,
@@ -309,6 +308,7 @@ pub fn run_scenario_steps_with(
                 stop = Some(format!("step {:?} not as expected", step.name));
             }
         }
+        observer.step_ended(&step.name, &r);
         if let Some(p) = r.data.get("payload") {
             out.payload.sent_bytes += p["sent_bytes"].as_u64().unwrap_or(0);
             out.payload.verified_bytes += p["verified_bytes"].as_u64().unwrap_or(0);
@@ -791,7 +791,11 @@ fn listening<E: GuestExec>(
     let cat = in_netns(
         &tool,
         netns,
-        vec!["cat".into(), "/proc/net/tcp".into(), "/proc/net/tcp6".into()],
+        vec![
+            "cat".into(),
+            "/proc/net/tcp".into(),
+            "/proc/net/tcp6".into(),
+        ],
     );
     let o = ctx
         .exec
@@ -838,10 +842,9 @@ fn tcp_transfer<E: GuestExec>(
 ) -> Result<(), LabError> {
     let tool = ctx.cfg.tool.clone();
     let bytes = t.bytes;
-    let ip: std::net::IpAddr = t
-        .to
-        .parse()
-        .map_err(|e| LabError(format!("address {:?}: {e}", t.to)))?;
+    let ip: std::net::IpAddr =
+        t.to.parse()
+            .map_err(|e| LabError(format!("address {:?}: {e}", t.to)))?;
     let addr = std::net::SocketAddr::new(ip, t.port).to_string();
     let out = format!("{}/netmem-tcp-sink-{index}.json", ctx.cfg.scratch);
     let tsecs = timeout.as_secs().max(1).to_string();
@@ -913,7 +916,11 @@ fn tcp_transfer<E: GuestExec>(
                 r.ok = false;
                 r.detail = "devmem-rx did not listen within 60 s".into();
                 let _ = ctx.exec.run(
-                    &["kill".to_string(), "-9".into(), pid.unwrap_or(0).to_string()],
+                    &[
+                        "kill".to_string(),
+                        "-9".into(),
+                        pid.unwrap_or(0).to_string(),
+                    ],
                     Duration::from_secs(5),
                 );
                 return Ok(());
@@ -1093,7 +1100,12 @@ fn tcp_transfer<E: GuestExec>(
         );
     }
     let _ = ctx.exec.run(
-        &["rm".to_string(), "-f".into(), out.clone(), format!("{out}.err")],
+        &[
+            "rm".to_string(),
+            "-f".into(),
+            out.clone(),
+            format!("{out}.err"),
+        ],
         Duration::from_secs(5),
     );
 
@@ -1135,10 +1147,8 @@ fn tcp_transfer<E: GuestExec>(
             ),
         };
     } else if let Some(s) = &sent {
-        r.ok = sender_ok
-            && rcv.as_ref().is_some_and(|k| k.ok)
-            && s.sent == bytes
-            && verified == bytes;
+        r.ok =
+            sender_ok && rcv.as_ref().is_some_and(|k| k.ok) && s.sent == bytes && verified == bytes;
         let ms = s.elapsed_ms.max(1);
         r.detail = match &rcv {
             Some(_) if r.ok => format!(
@@ -1198,7 +1208,11 @@ fn tcp_transfer<E: GuestExec>(
     // Plain tools keep their historical keys; devmem tools' lines go under
     // tx/rx, where the verifier looks for their facts.
     let (tx_key, rx_key) = (
-        if t.devmem_tx.is_some() { "tx" } else { "source" },
+        if t.devmem_tx.is_some() {
+            "tx"
+        } else {
+            "source"
+        },
         if t.devmem_rx.is_some() { "rx" } else { "sink" },
     );
     r.data[tx_key] = json!(tx_json);
