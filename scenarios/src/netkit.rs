@@ -11,6 +11,7 @@
 //! netmem-lab queue-get   --dev IF [--netns NS] --queue Q [--type rx|tx]
 //! netmem-lab bpf-redirect --dev IF [--netns NS] --hook netkit-primary|netkit-peer|tcx-ingress|tcx-egress
 //!                        --to IF2 [--to-netns NS2] [--peer | --neigh] [--match-dst CIDR] [--skip-icmp6]
+//!                        [--min-len BYTES]
 //!                        [--pin NAME]
 //! netmem-lab netkit-wire --mode bpf|forward --nic IF --primary NKH --peer NKG --netns CTR --addr V6/LEN
 //!                        [--tx-hook tcx-ingress|netkit-peer]
@@ -219,6 +220,8 @@ pub const BPF_FUNC_REDIRECT_PEER: i32 = 155;
 pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// `offsetof(struct __sk_buff, data)` (include/uapi/linux/bpf.h).
 pub const SKB_DATA_OFF: i16 = 76;
+/// `offsetof(struct __sk_buff, len)` (include/uapi/linux/bpf.h): the first field.
+pub const SKB_LEN_OFF: i16 = 0;
 /// `offsetof(struct __sk_buff, data_end)` (include/uapi/linux/bpf.h).
 pub const SKB_DATA_END_OFF: i16 = 80;
 
@@ -258,6 +261,8 @@ pub mod op {
     pub const JGT: u8 = 0x20;
     /// `BPF_JNE` (bpf.h).
     pub const JNE: u8 = 0x50;
+    /// `BPF_JLT` (include/uapi/linux/bpf.h).
+    pub const JLT: u8 = 0xa0;
     /// `BPF_CALL` (bpf.h).
     pub const CALL: u8 = 0x80;
     /// `BPF_EXIT` (bpf.h).
@@ -785,6 +790,16 @@ impl Insn {
             imm,
         }
     }
+    /// `if (u32)dst < imm goto +off` (unsigned).
+    pub fn jlt32_imm(dst: u8, imm: i32, off: i16) -> Insn {
+        Insn {
+            code: op::JMP32 | op::JLT | op::K,
+            dst,
+            src: 0,
+            off,
+            imm,
+        }
+    }
     /// `if (u32)dst == imm goto +off`.
     pub fn jeq32_imm(dst: u8, imm: i32, off: i16) -> Insn {
         Insn {
@@ -845,6 +860,9 @@ pub struct Match {
     pub dst: Option<(std::net::IpAddr, u8)>,
     /// IPv6 only, and leave ICMPv6 (neighbour discovery) to the normal path.
     pub skip_icmp6: bool,
+    /// Only packets of at least this many bytes (`skb->len`): e.g. TCP
+    /// segments with data, leaving handshakes and pure ACKs alone.
+    pub min_len: Option<u32>,
 }
 
 /// The redirect program: filter (packets not matched return `TCX_NEXT`),
@@ -860,8 +878,13 @@ pub fn redirect_program(helper: Helper, ifindex: u32, m: &Match) -> Vec<Insn> {
     let mut p = Vec::new();
     let mut to_pass = Vec::new(); // indices of jumps to the "pass" exit
     let v6 = m.skip_icmp6 || matches!(m.dst, Some((std::net::IpAddr::V6(_), _)));
-    let filter = m.skip_icmp6 || m.dst.is_some();
-    if filter {
+    let filter = m.skip_icmp6 || m.dst.is_some() || m.min_len.is_some();
+    if let Some(n) = m.min_len {
+        p.push(Insn::ldx(op::W, R5, R1, SKB_LEN_OFF));
+        to_pass.push(p.len());
+        p.push(Insn::jlt32_imm(R5, n as i32, 0));
+    }
+    if m.skip_icmp6 || m.dst.is_some() {
         let (l3_len, ethertype, daddr_off) = if v6 {
             (40i32, 0x86ddu16, ETH_HLEN + 24)
         } else {
@@ -1244,6 +1267,7 @@ pub fn parse_bpf_redirect(args: &[String]) -> Result<RedirectArgs, String> {
                 r.m.dst = Some(crate::guest_tools::parse_cidr(&v)?);
             }
             "--skip-icmp6" => r.m.skip_icmp6 = true,
+            "--min-len" => r.m.min_len = Some(f.u32(a)?),
             "--pin" => {
                 let v = f.value(a)?;
                 if v.is_empty() || v.contains('/') || v.starts_with('.') {
@@ -1585,6 +1609,7 @@ pub fn bpf_redirect(r: &RedirectArgs) -> Result<Value, ToolError> {
         "helper": r.helper.name(), "to": r.to, "to_ifindex": to_idx,
         "match_dst": r.m.dst.map(|(a, l)| format!("{a}/{l}")),
         "skip_icmp6": r.m.skip_icmp6,
+        "min_len": r.m.min_len,
         "insns": prog.len(),
         "pin": pin, "bpffs_mounted": mounted,
     }))
@@ -1686,7 +1711,7 @@ pub fn netkit_wire(w: &WireArgs) -> Result<Value, ToolError> {
             helper: Helper::Peer,
             m: Match {
                 dst: Some((w.addr.into(), 128)),
-                skip_icmp6: false,
+                ..Match::default()
             },
             pin: None,
         })?);
@@ -1701,8 +1726,8 @@ pub fn netkit_wire(w: &WireArgs) -> Result<Value, ToolError> {
             to_netns: None,
             helper: Helper::Neigh,
             m: Match {
-                dst: None,
                 skip_icmp6: true,
+                ..Match::default()
             },
             pin: None,
         })?);
@@ -2075,6 +2100,7 @@ mod tests {
         let m = Match {
             dst: Some(("2001:db8:2::2".parse().unwrap(), 64)),
             skip_icmp6: true,
+            min_len: None,
         };
         let p = redirect_program(Helper::Peer, 4, &m);
         let pass = p.len() - 2;
@@ -2102,6 +2128,7 @@ mod tests {
         let m = Match {
             dst: Some(("10.1.16.0".parse().unwrap(), 20)),
             skip_icmp6: false,
+            min_len: None,
         };
         let p = redirect_program(Helper::Redirect, 3, &m);
         assert!(p.contains(&Insn::add64_imm(4, 34)));
@@ -2111,6 +2138,21 @@ mod tests {
         assert!(p.contains(&Insn::and32_imm(5, mask)));
         let val = u32::from_ne_bytes([10, 1, 16, 0]) as i32;
         assert!(p.iter().any(|i| *i == Insn::jne32_imm(5, val, i.off)));
+
+        // A length floor alone: skb->len first, and short packets pass.
+        let m = Match {
+            min_len: Some(200),
+            ..Match::default()
+        };
+        let p = redirect_program(Helper::Redirect, 3, &m);
+        assert_eq!(p[0], Insn::ldx(op::W, 5, 1, SKB_LEN_OFF));
+        assert_eq!(p[1].code, op::JMP32 | op::JLT | op::K);
+        assert_eq!(p[1].imm, 200);
+        let pass = p.len() - 2;
+        assert_eq!(1 + 1 + p[1].off as usize, pass);
+        assert_eq!(p[pass], Insn::mov64_imm(0, NETKIT_NEXT));
+        // No packet-data access without an address filter.
+        assert!(!p.contains(&Insn::ldx(op::W, 2, 1, SKB_DATA_OFF)));
     }
 
     #[test]

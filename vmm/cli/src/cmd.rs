@@ -492,8 +492,8 @@ pub fn l1_job(job_path: &Path) -> i32 {
     })
 }
 
-/// Scenario run when none is named. (`netkit-devmem-tx` once it exists.)
-pub const DEFAULT_SCENARIO: &str = "nic-smoke";
+/// Scenario run when none is named.
+pub const DEFAULT_SCENARIO: &str = "netkit-devmem-tx";
 
 #[derive(Args, Debug)]
 pub struct ScenarioArgs {
@@ -513,6 +513,107 @@ pub struct ScenarioArgs {
     /// Write a pcap of each wire into this directory.
     #[arg(long)]
     pub pcap: Option<PathBuf>,
+    /// Switch on a test-only device fault: `NIC=FAULT` (e.g.
+    /// `nic0=dma-foreign-iova`, `nic0=dma-foreign-iova:16`) or just `FAULT`
+    /// for the scenario's first NIC. Repeatable.
+    #[arg(long = "nic-fault", value_name = "[NIC=]FAULT")]
+    pub nic_fault: Vec<String>,
+}
+
+/// A catalog scenario's TOML by name.
+fn catalog_toml(name: &str) -> Result<String> {
+    scenarios::scenario::CATALOG
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| t.to_string())
+        .ok_or_else(|| anyhow!("unknown scenario {name:?}; `netmem-lab list` shows the catalog"))
+}
+
+/// `--nic-fault` values onto the topology's faults.
+fn add_nic_faults(spec: &mut scenarios::topology::TopologySpec, faults: &[String]) -> Result<()> {
+    for f in faults {
+        let (nic, fault) = match f.split_once('=') {
+            Some((n, x)) => (n.to_string(), x),
+            None => (
+                spec.nics
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| anyhow!("--nic-fault {f:?}: the scenario has no NIC"))?,
+                f.as_str(),
+            ),
+        };
+        if !spec.nics.contains(&nic) {
+            return Err(anyhow!(
+                "--nic-fault {f:?}: no NIC {nic:?} in the scenario (it has {:?})",
+                spec.nics
+            ));
+        }
+        let fault: sim_nic::NicFault = fault
+            .parse()
+            .map_err(|e| anyhow!("--nic-fault {f:?}: {e}"))?;
+        spec.nic_faults.entry(nic).or_default().push(fault);
+    }
+    Ok(())
+}
+
+/// One scenario run's results as the CLI hands them out.
+struct ScenarioRun {
+    exit_code: i32,
+    report: serde_json::Value,
+    junit: Option<String>,
+    summary: Option<String>,
+}
+
+fn run_scenario_toml(
+    machine: &MachineArgs,
+    toml: &str,
+    origin: &str,
+    nic_faults: &[String],
+    pcap: &Option<PathBuf>,
+    sink: Arc<dyn EventSink>,
+) -> Result<ScenarioRun> {
+    let scn = scenarios::scenario::Scenario::parse(toml, origin).map_err(|e| anyhow!("{e}"))?;
+    let mut p = prepare(
+        machine,
+        JobCommand::Scenario {
+            toml: toml.to_string(),
+            origin: origin.to_string(),
+        },
+        &*sink,
+    )?;
+    p.job.machine.topology = scenarios::topology::TopologySpec {
+        nics: scn.nic_names(),
+        wires: scn.wire_pairs(),
+        pcap_dir: None,
+        nic_faults: scn.nic_faults(),
+    };
+    add_nic_faults(&mut p.job.machine.topology, nic_faults)?;
+    if let Some(d) = pcap {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        p.job.machine.topology.pcap_dir = Some(d.canonicalize()?);
+    }
+    let out = execute(&p, sink.clone())?;
+    let mut report = out.report.clone();
+    let junit = report
+        .get("junit")
+        .and_then(|j| j.as_str())
+        .map(str::to_string);
+    let summary = report
+        .get("summary")
+        .and_then(|j| j.as_str())
+        .map(str::to_string);
+    if let Some(o) = report.as_object_mut() {
+        o.remove("junit");
+        o.remove("summary");
+        o.remove("exit_code");
+    }
+    report["engine"] = serde_json::json!(p.engine.to_string());
+    Ok(ScenarioRun {
+        exit_code: out.exit_code,
+        report,
+        junit,
+        summary,
+    })
 }
 
 pub fn scenario(a: ScenarioArgs) -> i32 {
@@ -526,59 +627,134 @@ pub fn scenario(a: ScenarioArgs) -> i32 {
             ),
             (None, name) => {
                 let name = name.clone().unwrap_or_else(|| DEFAULT_SCENARIO.to_string());
-                let (_, text) = scenarios::scenario::CATALOG
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .ok_or_else(|| {
-                        anyhow!("unknown scenario {name:?}; `netmem-lab list` shows the catalog")
-                    })?;
-                (text.to_string(), name)
+                (catalog_toml(&name)?, name)
             }
         };
-        let scn =
-            scenarios::scenario::Scenario::parse(&toml, &origin).map_err(|e| anyhow!("{e}"))?;
-        let mut p = prepare(
-            &a.machine,
-            JobCommand::Scenario {
-                toml: toml.clone(),
-                origin: origin.clone(),
-            },
-            &*sink,
-        )?;
-        p.job.machine.topology = scenarios::topology::TopologySpec {
-            nics: scn.nic_names(),
-            wires: scn.wire_pairs(),
-            pcap_dir: None,
-            nic_faults: scn.nic_faults(),
-        };
-        if let Some(d) = &a.pcap {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            p.job.machine.topology.pcap_dir = Some(d.canonicalize()?);
-        }
-        let out = execute(&p, sink.clone())?;
-        let mut report = out.report.clone();
-        let junit = report
-            .get("junit")
-            .and_then(|j| j.as_str())
-            .map(str::to_string);
-        let summary = report
-            .get("summary")
-            .and_then(|j| j.as_str())
-            .map(str::to_string);
-        if let Some(o) = report.as_object_mut() {
-            o.remove("junit");
-            o.remove("summary");
-            o.remove("exit_code");
-        }
-        report["engine"] = serde_json::json!(p.engine.to_string());
-        write_json(&a.json, &report)?;
-        if let (Some(path), Some(x)) = (&a.junit, junit) {
+        let r = run_scenario_toml(&a.machine, &toml, &origin, &a.nic_fault, &a.pcap, sink)?;
+        write_json(&a.json, &r.report)?;
+        if let (Some(path), Some(x)) = (&a.junit, &r.junit) {
             std::fs::write(path, x).with_context(|| format!("writing {}", path.display()))?;
         }
-        if let Some(s) = summary {
+        if let Some(s) = &r.summary {
             print!("{s}");
         }
-        Ok(out.exit_code)
+        Ok(r.exit_code)
+    })();
+    res.unwrap_or_else(|e| report_error(&e))
+}
+
+#[derive(Args, Debug)]
+pub struct MatrixArgs {
+    /// Kernels to run every scenario on.
+    #[arg(long, value_delimiter = ',', default_value = "patched,baseline")]
+    pub kernels: Vec<String>,
+    /// Only these scenarios (default: the whole catalog).
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// Write the JSON matrix (every run's report) here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write one JUnit XML with a testsuite per run here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+}
+
+/// Every catalog scenario on every kernel it applies to: a table of
+/// verdicts on stdout; exit 0 when every run's verdict was as expected, 1
+/// when one differed, 2 when one could not run.
+pub fn matrix(a: MatrixArgs) -> i32 {
+    install_cancel_handlers();
+    let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(a.machine.console));
+    let t0 = std::time::Instant::now();
+    let res = (|| -> Result<i32> {
+        let names: Vec<String> = if a.scenarios.is_empty() {
+            scenarios::scenario::CATALOG
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect()
+        } else {
+            a.scenarios.clone()
+        };
+        let mut rows = Vec::new();
+        let mut worst = 0;
+        let mut junit = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n");
+        for name in &names {
+            let toml = catalog_toml(name)?;
+            let scn =
+                scenarios::scenario::Scenario::parse(&toml, name).map_err(|e| anyhow!("{e}"))?;
+            for k in &a.kernels {
+                if scenarios::run::CANCEL.load(Ordering::SeqCst) {
+                    return Err(anyhow!("interrupted"));
+                }
+                if !scn.applies_to(k) {
+                    rows.push(serde_json::json!({"scenario": name, "kernel": k,
+                        "verdict": "n/a", "exit_code": 0, "ms": 0}));
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                let mut m = a.machine.clone();
+                m.kernel = k.clone();
+                sink.emit(Event::Step {
+                    name: format!("matrix: {name} on {k}"),
+                    elapsed_ms: t0.elapsed().as_millis() as u64,
+                    detail: "starting".into(),
+                });
+                let (code, report, x) =
+                    match run_scenario_toml(&m, &toml, name, &[], &None, sink.clone()) {
+                        Ok(r) => (r.exit_code, r.report, r.junit),
+                        Err(e) => (
+                            EXIT_LAB_ERROR,
+                            serde_json::json!({"verdict": "error", "error": format!("{e:#}")}),
+                            None,
+                        ),
+                    };
+                worst = worst.max(code);
+                let ms = started.elapsed().as_millis() as u64;
+                if let Some(x) = x {
+                    // Keep the testsuites of each run's own XML.
+                    for l in x
+                        .lines()
+                        .filter(|l| !l.starts_with("<?xml") && !l.contains("testsuites>"))
+                    {
+                        junit.push_str(l);
+                        junit.push('\n');
+                    }
+                }
+                rows.push(serde_json::json!({"scenario": name, "kernel": k,
+                    "verdict": report["verdict"], "exit_code": code, "ms": ms,
+                    "error": report.get("error"), "report": report}));
+            }
+        }
+        junit.push_str("</testsuites>\n");
+        println!(
+            "{:<24} {:<10} {:<14} {:>8}",
+            "scenario", "kernel", "verdict", "time"
+        );
+        for r in &rows {
+            println!(
+                "{:<24} {:<10} {:<14} {:>7.0}s",
+                r["scenario"].as_str().unwrap_or("?"),
+                r["kernel"].as_str().unwrap_or("?"),
+                match (r["verdict"].as_str(), r["exit_code"].as_i64()) {
+                    (Some(v), Some(0)) => v.to_string(),
+                    (Some(v), Some(c)) => format!("{v} (exit {c})"),
+                    _ => "?".into(),
+                },
+                r["ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            );
+        }
+        let total_ms = t0.elapsed().as_millis() as u64;
+        println!("wall time {:.0} s; exit {worst}", total_ms as f64 / 1000.0);
+        write_json(
+            &a.json,
+            &serde_json::json!({"kernels": a.kernels, "runs": rows, "wall_ms": total_ms, "exit_code": worst}),
+        )?;
+        if let Some(p) = &a.junit {
+            std::fs::write(p, &junit).with_context(|| format!("writing {}", p.display()))?;
+        }
+        Ok(worst)
     })();
     res.unwrap_or_else(|e| report_error(&e))
 }

@@ -32,6 +32,8 @@ enum Command {
     },
     /// Run a scenario (default: the catalog's default) and give a verdict.
     Scenario(cmd::ScenarioArgs),
+    /// Every scenario on every kernel: a table of verdicts.
+    Matrix(cmd::MatrixArgs),
     /// Boot a kernel to the guest agent, print its hello, power off.
     Boot(cmd::BootArgs),
     /// Measure against QEMU on the same kernel and engine.
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::Kernels { what } => cmd::kernels(what),
         Command::Boot(a) => cmd::boot(a),
         Command::Scenario(a) => cmd::scenario(a),
+        Command::Matrix(a) => cmd::matrix(a),
         Command::Bench { what } => cmd::bench(what),
         Command::Agent { port } => cmd::agent(&port),
         Command::L1Job { job } => cmd::l1_job(&job),
