@@ -44,6 +44,10 @@ pub const TOOLS: &[&str] = &[
     "netns-exec",
     "netns-setup",
     "ethtool",
+    "devmem-tx",
+    "devmem-rx",
+    "bind-tx",
+    "bind-rx",
 ];
 
 // ---------------------------------------------------------------- pattern
@@ -1052,6 +1056,7 @@ pub fn main(tool: &str, args: &[String]) -> i32 {
             }
         }
         "ethtool" => crate::ethtool::main(args),
+        "devmem-tx" | "devmem-rx" | "bind-tx" | "bind-rx" => crate::devmem::main(tool, args),
         _ => usage(tool, format!("unknown tool (known: {})", TOOLS.join(", "))),
     }
 }

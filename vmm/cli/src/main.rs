@@ -61,6 +61,15 @@ enum Command {
     NetnsSetup(cmd::ToolArgs),
     #[command(hide = true, name = "ethtool")]
     Ethtool(cmd::ToolArgs),
+    /// Devmem tools (scenarios::devmem).
+    #[command(hide = true, name = "devmem-tx")]
+    DevmemTx(cmd::ToolArgs),
+    #[command(hide = true, name = "devmem-rx")]
+    DevmemRx(cmd::ToolArgs),
+    #[command(hide = true, name = "bind-tx")]
+    BindTx(cmd::ToolArgs),
+    #[command(hide = true, name = "bind-rx")]
+    BindRx(cmd::ToolArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -94,6 +103,10 @@ fn main() -> ExitCode {
         Command::NetnsExec(a) => cmd::guest_tool("netns-exec", a),
         Command::NetnsSetup(a) => cmd::guest_tool("netns-setup", a),
         Command::Ethtool(a) => cmd::guest_tool("ethtool", a),
+        Command::DevmemTx(a) => cmd::guest_tool("devmem-tx", a),
+        Command::DevmemRx(a) => cmd::guest_tool("devmem-rx", a),
+        Command::BindTx(a) => cmd::guest_tool("bind-tx", a),
+        Command::BindRx(a) => cmd::guest_tool("bind-rx", a),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
