@@ -213,6 +213,15 @@ impl Failure {
     }
 }
 
+/// Progress on stderr (stdout carries only the JSON line): what a hung
+/// run was doing last.
+fn progress(msg: impl std::fmt::Display) {
+    use std::sync::OnceLock;
+    static T0: OnceLock<Instant> = OnceLock::new();
+    let t0 = T0.get_or_init(Instant::now);
+    eprintln!("[{:>8.3}s] {msg}", t0.elapsed().as_secs_f64());
+}
+
 fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
@@ -589,6 +598,7 @@ impl Binding {
                 "NETDEV_CMD_BIND_RX",
             ),
         };
+        progress(format_args!("{what} ifindex {ifindex} fd {fd}"));
         let replies = g
             .transact(&req, seq)
             .map_err(|e| Failure::nl(st, what, e))?;
@@ -596,6 +606,7 @@ impl Binding {
             .first()
             .ok_or_else(|| Failure::msg(st, format!("{what}: no reply before the ACK")))?;
         let id = parse_bind_reply(r).map_err(|e| Failure::msg(st, format!("{what}: {e}")))?;
+        progress(format_args!("{what}: id {id}"));
         Ok(Binding { sock: Some(g), id })
     }
 
@@ -1277,7 +1288,13 @@ fn setup_dmabuf(
 ) -> Result<(u32, Udmabuf), Failure> {
     let ifx = ifindex(&o.dev).map_err(|e| Failure::msg("ifindex", e))?;
     let buf = Udmabuf::create(o.dmabuf_size.unwrap_or(default_size) as usize)?;
+    progress(format_args!(
+        "udmabuf {name}: {} bytes, fd {}",
+        buf.size(),
+        buf.fd()
+    ));
     let runs = buf.page_runs()?;
+    progress(format_args!("udmabuf {name}: {} page runs", runs.len()));
     facts.add_dmabuf(name, buf.size(), &runs);
     Ok((ifx, buf))
 }
@@ -1413,6 +1430,8 @@ fn tx_transfer(
     let (s, attempts) = connect_zerocopy(&addr, o.bind_dev.then_some(o.dev.as_str()), until)?;
     run.connect_attempts = attempts;
     run.t_connected = Some(Instant::now());
+    progress(format_args!("connected to {addr} ({attempts} attempts)"));
+    let mut next_report = 0u64;
     let cm = devmem_tx_cmsg(binding.id);
     let cm_words = u64_buf(&cm);
     let seed = o.seed;
@@ -1433,6 +1452,16 @@ fn tx_transfer(
             ));
         }
         drain_errqueue(&s, &mut run.ring)?;
+        if run.ring.sent >= next_report {
+            progress(format_args!(
+                "sent {} filled {} completed {} outstanding {}",
+                run.ring.sent,
+                run.ring.filled,
+                run.ring.completed,
+                run.ring.outstanding()
+            ));
+            next_report = run.ring.sent + (1 << 20);
+        }
         let all_sent = run.ring.sent >= total || stop_sending;
         if all_sent && run.ring.outstanding() == 0 {
             break;
@@ -1444,6 +1473,7 @@ fn tx_transfer(
             // Closing the netlink socket unbinds (netdev_nl_sock_priv_destroy →
             // net_devmem_unbind_dmabuf, which xa_erase()s the id first).
             binding.unbind();
+            progress(format_args!("unbound after {} bytes", run.ring.sent));
             run.unbound_at = Some(run.ring.sent);
             run.after_unbind = Some(AfterUnbind::default());
         }
@@ -1527,6 +1557,10 @@ fn tx_transfer(
         }
     }
     run.t_done = Some(Instant::now());
+    progress(format_args!(
+        "{} bytes sent and completed; waiting for the peer to close",
+        run.ring.sent
+    ));
     // End of stream; the sink closes once it has read (and verified) all.
     // SAFETY: shutdown on our socket.
     unsafe { libc::shutdown(s.fd(), libc::SHUT_WR) };
@@ -1652,7 +1686,9 @@ fn devmem_tx(o: &Opts) -> (Map<String, Value>, bool) {
     out.insert("facts".into(), facts.json());
     out.insert("payload".into(), Value::Object(p));
     // The bindings stay alive until here (after all completions).
+    progress("closing the bindings");
     drop(bindings);
+    progress("done");
     (out, ok)
 }
 
@@ -1708,6 +1744,8 @@ fn rx_transfer(
         .accept()
         .map_err(|e| Failure::os("accept", "accept", e.raw_os_error().unwrap_or(0)))?;
     st.peer = Some(peer.to_string());
+    progress(format_args!("accepted {peer}"));
+    let mut next_report = 0u64;
     st.t_accept = Some(Instant::now());
     let s = Sock(OwnedFd::from(stream));
     s.set_nonblocking()
@@ -1757,6 +1795,13 @@ fn rx_transfer(
             return Ok(());
         }
         let n = rc as usize;
+        if st.received >= next_report {
+            progress(format_args!(
+                "received {} (devmem {} linear {} plain {})",
+                st.received, st.devmem_bytes, st.linear_bytes, st.plain_bytes
+            ));
+            next_report = st.received + (1 << 20);
+        }
         if mh.msg_flags & MSG_CTRUNC != 0 {
             return Err(Failure::msg(
                 "recvmsg",
