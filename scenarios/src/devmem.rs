@@ -428,19 +428,41 @@ impl Udmabuf {
         self.sync(DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ)
     }
 
-    /// The guest-physical page runs `[gpa, count]` in dmabuf-offset order:
-    /// touches every page of the mapping (a read; the dmabuf's fault handler
-    /// maps the pinned memfd pages) and reads `/proc/self/pagemap`.
+    /// The guest-physical page runs `[gpa, count]` in dmabuf-offset order.
+    ///
+    /// The dmabuf's own mapping is `VM_PFNMAP` (udmabuf inserts PFNs at
+    /// fault time), and the page walker behind `/proc/self/pagemap` skips
+    /// such VMAs: they read as holes. The udmabuf pins the memfd's pages
+    /// (`memfd_pin_folios`, drivers/dma-buf/udmabuf.c) at the same offsets,
+    /// so the frames are read through a shared mapping of the memfd,
+    /// touched page by page first.
     pub fn page_runs(&self) -> Result<Vec<[u64; 2]>, Failure> {
         let pages = self.size / PAGE_SIZE as usize;
+        // SAFETY: a fresh read-only shared mapping of our memfd.
+        let m = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.size,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                self._memfd.as_raw_fd(),
+                0,
+            )
+        };
+        if m == libc::MAP_FAILED {
+            return Err(Failure::last("pagemap", "mmap memfd"));
+        }
+        let m = m.cast::<u8>();
         let mut sum = 0u8;
         for i in 0..pages {
-            // SAFETY: in bounds of our live mapping; a volatile read faults the page in.
-            sum ^= unsafe { std::ptr::read_volatile(self.map.add(i * PAGE_SIZE as usize)) };
+            // SAFETY: in bounds of the mapping; a volatile read faults the page in.
+            sum ^= unsafe { std::ptr::read_volatile(m.add(i * PAGE_SIZE as usize)) };
         }
         std::hint::black_box(sum);
-        let gpas = pagemap_gpas(self.map as usize, pages)?;
-        Ok(compress_runs(&gpas))
+        let gpas = pagemap_gpas(m as usize, pages);
+        // SAFETY: our mapping, unmapped once.
+        unsafe { libc::munmap(m.cast(), self.size) };
+        Ok(compress_runs(&gpas?))
     }
 }
 
