@@ -85,6 +85,10 @@ pub const ETHTOOL_GRXCLSRLALL: u32 = 0x0000_0030;
 pub const ETHTOOL_SRXCLSRLDEL: u32 = 0x0000_0031;
 /// `ETHTOOL_SRXCLSRLINS` (include/uapi/linux/ethtool.h).
 pub const ETHTOOL_SRXCLSRLINS: u32 = 0x0000_0032;
+/// `ETHTOOL_GRXFHINDIR` (include/uapi/linux/ethtool.h): get the RSS indirection table.
+pub const ETHTOOL_GRXFHINDIR: u32 = 0x0000_0038;
+/// `ETHTOOL_SRXFHINDIR` (include/uapi/linux/ethtool.h): set the RSS indirection table.
+pub const ETHTOOL_SRXFHINDIR: u32 = 0x0000_0039;
 /// `ETHTOOL_GSSET_INFO` (include/uapi/linux/ethtool.h).
 pub const ETHTOOL_GSSET_INFO: u32 = 0x0000_0037;
 /// `ETHTOOL_GFEATURES` (include/uapi/linux/ethtool.h).
@@ -674,6 +678,33 @@ impl EthtoolSock {
         // (net/ethtool/ioctl.c ethtool_rxnfc_copy_struct/_to_user, no rule_buf).
         unsafe { self.ioctl_raw(dev, op, (&raw mut r).cast()) }?;
         Ok(r)
+    }
+
+    /// ETHTOOL_GRXFHINDIR: the RSS indirection table (`struct ethtool_rxfh_indir`).
+    pub fn rxfh_indir_get(&self, dev: &str) -> Result<Vec<u32>, EtError> {
+        let mut hdr = [ETHTOOL_GRXFHINDIR, 0u32];
+        // SAFETY: with size 0 the kernel reads and writes only cmd and size.
+        unsafe { self.ioctl_raw(dev, "ETHTOOL_GRXFHINDIR", hdr.as_mut_ptr().cast()) }?;
+        let n = hdr[1] as usize;
+        if n > 1 << 16 {
+            return Err(EtError::msg(format!("indirection table of {n} entries")));
+        }
+        let mut buf = vec![0u32; 2 + n];
+        buf[0] = ETHTOOL_GRXFHINDIR;
+        buf[1] = n as u32;
+        // SAFETY: the kernel writes the header and `size` (= n) u32s after it.
+        unsafe { self.ioctl_raw(dev, "ETHTOOL_GRXFHINDIR", buf.as_mut_ptr().cast()) }?;
+        Ok(buf[2..].to_vec())
+    }
+
+    /// ETHTOOL_SRXFHINDIR with `table` (its length must be the device's).
+    pub fn rxfh_indir_set(&self, dev: &str, table: &[u32]) -> Result<(), EtError> {
+        let mut buf = Vec::with_capacity(2 + table.len());
+        buf.extend([ETHTOOL_SRXFHINDIR, table.len() as u32]);
+        buf.extend_from_slice(table);
+        // SAFETY: the kernel reads the header and `size` u32s after it.
+        unsafe { self.ioctl_raw(dev, "ETHTOOL_SRXFHINDIR", buf.as_mut_ptr().cast()) }?;
+        Ok(())
     }
 
     /// ETHTOOL_GRXCLSRLALL for up to `count` rules: (table size, locations).
@@ -1965,6 +1996,25 @@ pub fn channels_set(
     Ok(now)
 }
 
+/// `-X DEV equal N` (ethtool(8)'s meaning): indirection entry `i` = `i % n`,
+/// so RSS keeps flows off queues `n..` (a devmem RX queue then only gets
+/// what an ntuple rule steers to it). Reads the table back; returns it.
+pub fn rss_set_equal(sock: &EthtoolSock, dev: &str, n: u32) -> Result<Vec<u32>, EtError> {
+    let cur = sock.rxfh_indir_get(dev)?;
+    if cur.is_empty() {
+        return Err(EtError::msg("the device has no RSS indirection table"));
+    }
+    let want: Vec<u32> = (0..cur.len() as u32).map(|i| i % n).collect();
+    sock.rxfh_indir_set(dev, &want)?;
+    let now = sock.rxfh_indir_get(dev)?;
+    if now != want {
+        return Err(
+            EtError::msg("the indirection table did not take effect").with("indir", json!(now))
+        );
+    }
+    Ok(now)
+}
+
 fn channels_set_json(s: &ChannelsSet) -> Value {
     let mut m = Map::new();
     for (k, v) in [
@@ -2291,7 +2341,7 @@ pub fn rule_delete(sock: &EthtoolSock, dev: &str, loc: u32) -> Result<(), EtErro
 pub const USAGE: &str = "usage: ethtool [--netns NAME] \
 -i|-S|-g|-k|-l DEV | -G DEV [rx N] [tx N] [tcp-data-split on|off|auto] | \
 -K DEV FEATURE on|off... | -L DEV [rx N] [tx N] [other N] [combined N] | \
--n DEV [rule LOC] | -N DEV flow-type tcp4|udp4|sctp4|tcp6|udp6|sctp6 [src-ip A] [dst-ip A] \
+-X DEV equal N | -n DEV [rule LOC] | -N DEV flow-type tcp4|udp4|sctp4|tcp6|udp6|sctp6 [src-ip A] [dst-ip A] \
 [src-port P] [dst-port P] action Q|-1 [loc L] | -N DEV delete LOC";
 
 /// What to do.
@@ -2308,6 +2358,8 @@ pub enum Op {
     ShowRules(Option<u32>),
     InsertRule(RuleSpec),
     DeleteRule(u32),
+    /// `-X DEV equal N`: spread the RSS indirection table over queues 0..N.
+    SetRssEqual(u32),
 }
 
 /// A parsed command line.
@@ -2477,6 +2529,13 @@ pub fn parse_args(args: &[String]) -> Result<Invocation, String> {
             _ => return Err(format!("{op} DEV [rule LOC]")),
         },
         "-N" | "-U" | "--config-nfc" | "--config-ntuple" => parse_rule(rest)?,
+        "-X" | "--set-rxfh-indir" | "--rxfh" => match rest {
+            [e, n] if e == "equal" => match parse_num("equal", n)? {
+                0 => return Err(format!("{op}: equal 0")),
+                n => Op::SetRssEqual(n),
+            },
+            _ => return Err(format!("{op} DEV equal N")),
+        },
         _ => return Err(format!("unknown operation {op:?}")),
     };
     Ok(Invocation {
@@ -2543,6 +2602,10 @@ pub fn run(inv: &Invocation) -> Result<String, EtError> {
         Op::DeleteRule(l) => {
             rule_delete(&sock()?, dev, *l)?;
             Ok(ok_line(dev, obj(json!({ "deleted": l }))))
+        }
+        Op::SetRssEqual(n) => {
+            let table = rss_set_equal(&sock()?, dev, *n)?;
+            Ok(ok_line(dev, obj(json!({ "equal": n, "indir": table }))))
         }
     }
 }
@@ -2973,6 +3036,16 @@ mod tests {
         assert_eq!(i.netns.as_deref(), Some("remote"));
         assert_eq!(i.op, Op::Stats);
         assert_eq!(parse("--show-ring eth0").unwrap().op, Op::ShowRings);
+        assert_eq!(parse("-X eth0 equal 3").unwrap().op, Op::SetRssEqual(3));
+        for bad in [
+            "-X eth0",
+            "-X eth0 equal",
+            "-X eth0 equal 0",
+            "-X eth0 even 2",
+            "-X eth0 equal 2 x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
         assert_eq!(
             parse("-G eth0 rx 1024 tx 0x200 tcp-data-split on")
                 .unwrap()

@@ -51,6 +51,10 @@ pub const TOOLS: &[&str] = &[
     "bpf-redirect",
     "netkit-wire",
     "route-add",
+    "devmem-tx",
+    "devmem-rx",
+    "bind-tx",
+    "bind-rx",
 ];
 
 // ---------------------------------------------------------------- pattern
@@ -1060,6 +1064,7 @@ pub fn main(tool: &str, args: &[String]) -> i32 {
         }
         "ethtool" => crate::ethtool::main(args),
         t if crate::netkit::TOOLS.contains(&t) => crate::netkit::main(t, args),
+        "devmem-tx" | "devmem-rx" | "bind-tx" | "bind-rx" => crate::devmem::main(tool, args),
         _ => usage(tool, format!("unknown tool (known: {})", TOOLS.join(", "))),
     }
 }
