@@ -53,11 +53,13 @@ fn drain(audit: &Audit, st: &mut State) {
 }
 
 impl VerifierFeed {
-    /// Starts draining `audit` from its current end into `verifier`.
+    /// Starts draining `audit` into `verifier`, from its first record: the
+    /// IOMMU attachments made while the guest booted say which domain is
+    /// whose.
     pub fn start(audit: Arc<Audit>, verifier: Verifier) -> VerifierFeed {
         let state = Arc::new(Mutex::new(State {
             verifier,
-            cursor: audit.next_seq(),
+            cursor: 0,
             errors: Vec::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));

@@ -703,6 +703,15 @@ fn run_scenario(
     let exit = power_off(&mut b);
     step(&*sink, t0, "VM ended", describe_exit(&exit));
     let (verdict, fact_errors) = feed.finish();
+    if outcome.error.is_none() {
+        let m = scn
+            .expectation(&job.kernel_spec)
+            .check_bindings(&verdict.bindings);
+        if !m.is_empty() {
+            outcome.mismatches.extend(m);
+            outcome.verdict = crate::steps::Verdict::Fail;
+        }
+    }
     for e in &fact_errors {
         sink.emit(Event::Log {
             level: "warn".into(),

@@ -39,7 +39,17 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// The embedded catalog: (name, TOML text).
-pub const CATALOG: &[(&str, &str)] = &[("nic-smoke", include_str!("../catalog/nic-smoke.toml"))];
+pub const CATALOG: &[(&str, &str)] = &[
+    ("nic-smoke", include_str!("../catalog/nic-smoke.toml")),
+    (
+        "phys-devmem-tx",
+        include_str!("../catalog/phys-devmem-tx.toml"),
+    ),
+    (
+        "phys-devmem-rx",
+        include_str!("../catalog/phys-devmem-rx.toml"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -261,6 +271,41 @@ pub struct Expectation {
     /// Per step name; steps not listed are expected to succeed.
     #[serde(default)]
     pub steps: BTreeMap<String, StepExpect>,
+    /// Per step name: the NIC (logical name) every binding the step's
+    /// tools used must resolve to, as the verifier finds it from the IOMMU
+    /// mappings (for a netkit bind-tx: the NIC that leased the queue).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bindings: BTreeMap<String, String>,
+}
+
+impl Expectation {
+    /// Mismatches between `bindings` and what the verifier resolved.
+    pub fn check_bindings(&self, found: &[crate::verify::BindingReport]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (step, nic) in &self.bindings {
+            let used: Vec<_> = found.iter().filter(|b| &b.step == step && b.used).collect();
+            if used.is_empty() {
+                out.push(format!(
+                    "{step}: expected a binding resolved to {nic}, the step made none that was used"
+                ));
+            }
+            for b in used {
+                if b.resolved_nic.as_deref() != Some(nic.as_str()) {
+                    out.push(format!(
+                        "{step}: binding {} ({} on {}) resolved to {}, expected {nic}",
+                        b.id,
+                        b.dir,
+                        b.ifname,
+                        b.resolved_nic
+                            .as_deref()
+                            .or(b.resolved_device.as_deref())
+                            .unwrap_or("no device (no IOMMU mapping of its pages seen)")
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -519,6 +564,14 @@ impl Scenario {
                 return Err(format!(
                     "expectation for kernel {k:?}, which is not in `kernels`"
                 ));
+            }
+            for (step, nic) in &e.bindings {
+                if !names.contains(step.as_str()) {
+                    return Err(format!("expect.{k}.bindings: no step named {step:?}"));
+                }
+                if !self.topology.nics.iter().any(|n| &n.name == nic) {
+                    return Err(format!("expect.{k}.bindings: no NIC named {nic:?}"));
+                }
             }
             for (step, se) in &e.steps {
                 if !names.contains(step.as_str()) {
