@@ -49,6 +49,34 @@ pub const CATALOG: &[(&str, &str)] = &[
         "phys-devmem-rx",
         include_str!("../catalog/phys-devmem-rx.toml"),
     ),
+    (
+        "stray-dma-nic",
+        include_str!("../catalog/stray-dma-nic.toml"),
+    ),
+    (
+        "unbind-during-tx",
+        include_str!("../catalog/unbind-during-tx.toml"),
+    ),
+    (
+        "netkit-devmem-tx",
+        include_str!("../catalog/netkit-devmem-tx.toml"),
+    ),
+    (
+        "netkit-no-lease",
+        include_str!("../catalog/netkit-no-lease.toml"),
+    ),
+    (
+        "netkit-redirect-bpf",
+        include_str!("../catalog/netkit-redirect-bpf.toml"),
+    ),
+    (
+        "netkit-forwarding",
+        include_str!("../catalog/netkit-forwarding.toml"),
+    ),
+    (
+        "netkit-second-nic",
+        include_str!("../catalog/netkit-second-nic.toml"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
