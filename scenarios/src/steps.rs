@@ -1012,7 +1012,11 @@ fn tcp_transfer<E: GuestExec>(
                 error: (!ok).then(|| tool_failure(&j)),
                 errno: j["errno"].as_i64().map(|e| e as i32),
                 extack: j["extack"].as_str().map(String::from),
-                after_unbind: j.get("after_unbind").filter(|v| v.is_object()).cloned(),
+                after_unbind: j
+                    .get("after_unbind")
+                    .or_else(|| j["payload"].get("after_unbind"))
+                    .filter(|v| v.is_object())
+                    .cloned(),
                 json: j,
             }
         })
