@@ -149,10 +149,13 @@ fn set_topology_leaf(cpuid: &mut CpuId, leaf: u32, apic_id: u32, num_cpus: u8) {
 ///   transfer hung for good in a guest that otherwise ran on). The lab's
 ///   guests are never overcommitted, so a synchronous fault costs nothing.
 ///   Nor paravirtual TLB flushes (a preempted vCPU's flush deferred to its
-///   next entry): under the nested engine, with them, 2 of 3 64 MiB
-///   nic-smoke runs of a 2-vCPU guest ended in a triple fault mid-transfer
-///   with nothing on the console; without them 0 of 2 did (and 0 of 1 with
-///   one vCPU). The guest then flushes remote TLBs by IPI, as on bare metal.
+///   next entry, which relies on the host's flush-by-ASID at the next
+///   VMRUN): under the nested engine, with them, 2 of 3 64 MiB nic-smoke
+///   runs of a 2-vCPU guest ended in a triple fault mid-transfer with
+///   nothing on the console. Later 2-vCPU runs without them still lost the
+///   L1 or L2 at times, so this was not the whole story (the nested engine
+///   now gives the guest one vCPU); the guest flushes remote TLBs by IPI, as
+///   on bare metal, which costs the lab's small guests nothing.
 pub fn patch_cpuid(cpuid: &mut CpuId, vcpu_id: u8, num_cpus: u8) {
     let num_cpus = num_cpus.max(1);
     let apic_id = u32::from(vcpu_id);
