@@ -581,12 +581,7 @@ fn run_scenario_toml(
         },
         &*sink,
     )?;
-    p.job.machine.topology = scenarios::topology::TopologySpec {
-        nics: scn.nic_names(),
-        wires: scn.wire_pairs(),
-        pcap_dir: None,
-        nic_faults: scn.nic_faults(),
-    };
+    p.job.machine.topology = scn.topology_spec();
     add_nic_faults(&mut p.job.machine.topology, nic_faults)?;
     if let Some(d) = pcap {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
