@@ -144,7 +144,12 @@ impl StepObserver for VerifierFeed {
             // A transfer expected to fail (devmem skbs the kernel must drop)
             // is not expected to deliver its bytes; what did arrive must
             // still be intact.
-            let p = if !r.ok && r.as_expected {
+            // A failure the expectation allows (an expected-fail step, a
+            // campaign's transfer under faults) counts only for corruption,
+            // unless its sender reported success: bytes then must not go
+            // missing (`sender_ok` in the step's payload).
+            let sender_ok = p.get("sender_ok").and_then(Value::as_bool).unwrap_or(false);
+            let p = if !r.ok && r.as_expected && !sender_ok {
                 serde_json::json!({ "first_bad_offset": p.get("first_bad_offset") })
             } else {
                 p.clone()
@@ -211,5 +216,21 @@ mod tests {
         f.step_ended("t", &r);
         let (rep, _) = f.finish();
         assert_eq!(rep.failed(), [crate::verify::PAYLOAD_INTACT]);
+        // An allowed failure whose sender reported success: bytes that did
+        // not arrive are a violation.
+        let audit = Arc::new(Audit::new(Default::default()));
+        let mut f = VerifierFeed::start(audit, Verifier::new(BTreeMap::new()));
+        r.data = json!({"payload": {"sent_bytes": 10, "verified_bytes": 4, "sender_ok": true}});
+        f.step_started("t");
+        f.step_ended("t", &r);
+        let (rep, _) = f.finish();
+        assert_eq!(rep.failed(), [crate::verify::PAYLOAD_INTACT]);
+        let audit = Arc::new(Audit::new(Default::default()));
+        let mut f = VerifierFeed::start(audit, Verifier::new(BTreeMap::new()));
+        r.data = json!({"payload": {"sent_bytes": 10, "verified_bytes": 4, "sender_ok": false}});
+        f.step_started("t");
+        f.step_ended("t", &r);
+        let (rep, _) = f.finish();
+        assert!(rep.ok(), "{:?}", rep.failed());
     }
 }

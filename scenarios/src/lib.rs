@@ -1,5 +1,6 @@
 //! Jobs, their runners on each engine, the event stream and the reports.
 
+pub mod campaign;
 pub mod devmem;
 pub mod ethtool;
 pub mod events;

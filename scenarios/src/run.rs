@@ -666,12 +666,20 @@ fn run_scenario(
         b.machine.devices().audit().clone(),
         crate::verify::Verifier::from_bdfs(&nic_map),
     );
-    let mut outcome = crate::steps::run_scenario_steps_with(
+    // `wire` steps act on the machine's wires.
+    let mut no_host = crate::steps::NoHost;
+    let mut topo_host = b.topology.as_ref();
+    let host: &mut dyn crate::steps::HostControl = match &mut topo_host {
+        Some(t) => t,
+        None => &mut no_host,
+    };
+    let mut outcome = crate::steps::run_scenario_steps_host(
         &crate::steps::RunnerConfig::default(),
         &scn,
         &job.kernel_spec,
         &nic_map,
         &mut b.agent,
+        host,
         &*sink,
         &mut feed,
     );

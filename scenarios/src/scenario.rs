@@ -145,9 +145,14 @@ pub struct Nic {
 pub struct Wire {
     pub a: String,
     pub b: String,
-    /// Wire faults (model to come; kept as given).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub faults: Vec<serde_json::Value>,
+    /// Wire faults from the moment the wire is cabled (`[topology.wire.faults]`,
+    /// see `sim_nic::WireFaults`: drop/corrupt/duplicate/reorder
+    /// probabilities, delay_us, jitter_us, direction `a-to-b`/`b-to-a`/`both`
+    /// relative to this wire's `a` and `b`, skip_first, min_len,
+    /// max_faults, seed, link_down windows). A `wire` step changes them
+    /// later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<sim_nic::WireFaults>,
 }
 
 /// One step: a name, a kind with its parameters, and a timeout.
@@ -222,6 +227,28 @@ pub enum StepKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         devmem_rx: Option<DevmemRx>,
     },
+    /// A host-side action on the wire that has `nic` at one end: take its
+    /// link `down` or `up`, and/or replace its faults from now on (their
+    /// link windows count from this step; `faults = {}` clears them).
+    /// Runs in the lab, not in the guest, and returns at once: faults set
+    /// before a transfer act during it.
+    Wire {
+        nic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link: Option<LinkState>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        faults: Option<sim_nic::WireFaults>,
+    },
+    /// Wait `ms` milliseconds (timing between steps of a fault schedule).
+    Pause { ms: u64 },
+}
+
+/// A link state a `wire` step sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkState {
+    Up,
+    Down,
 }
 
 /// The devmem sender of a transfer (runs in the transfer's `from_netns`).
@@ -280,6 +307,8 @@ impl StepKind {
             StepKind::NetnsSetup { .. } => "netns-setup",
             StepKind::Ping { .. } => "ping",
             StepKind::TcpTransfer { .. } => "tcp-transfer",
+            StepKind::Wire { .. } => "wire",
+            StepKind::Pause { .. } => "pause",
         }
     }
     pub fn default_timeout_s(&self) -> u64 {
@@ -304,6 +333,12 @@ pub struct Expectation {
     /// mappings (for a netkit bind-tx: the NIC that leased the queue).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bindings: BTreeMap<String, String>,
+    /// Step names whose success or failure is not checked (the run goes
+    /// on either way; their results and the verifier still count): the
+    /// guest operations and transfers of a fault campaign, which may
+    /// legitimately fail under the faults it injects.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub any_outcome: BTreeSet<String>,
 }
 
 impl Expectation {
@@ -475,6 +510,27 @@ impl Scenario {
             .collect()
     }
 
+    /// Faults per wire from the start, keyed by the wire's `a` end (only
+    /// wires that have some).
+    pub fn wire_faults(&self) -> BTreeMap<String, sim_nic::WireFaults> {
+        self.topology
+            .wires
+            .iter()
+            .filter_map(|w| w.faults.clone().map(|f| (w.a.clone(), f)))
+            .collect()
+    }
+
+    /// The machine topology this scenario needs (no pcap directory).
+    pub fn topology_spec(&self) -> crate::topology::TopologySpec {
+        crate::topology::TopologySpec {
+            nics: self.nic_names(),
+            wires: self.wire_pairs(),
+            pcap_dir: None,
+            nic_faults: self.nic_faults(),
+            wire_faults: self.wire_faults(),
+        }
+    }
+
     /// Test faults of the topology's NICs (only NICs that have some).
     pub fn nic_faults(&self) -> BTreeMap<String, Vec<sim_nic::NicFault>> {
         self.topology
@@ -520,6 +576,10 @@ impl Scenario {
             }
             if w.a == w.b {
                 return Err(format!("wire from {:?} to itself", w.a));
+            }
+            if let Some(f) = &w.faults {
+                f.validate()
+                    .map_err(|e| format!("wire {}-{}: faults: {e}", w.a, w.b))?;
             }
         }
         let mut names = BTreeSet::new();
@@ -580,6 +640,22 @@ impl Scenario {
                         return Err(ctx(format!("unbind_after {u} must be below bytes {bytes}")));
                     }
                 }
+                StepKind::Wire { nic, link, faults } => {
+                    if !cabled.contains(nic.as_str()) {
+                        return Err(ctx(format!("{nic:?} is not on a wire of the topology")));
+                    }
+                    if link.is_none() && faults.is_none() {
+                        return Err(ctx("give `link` and/or `faults`".into()));
+                    }
+                    if let Some(f) = faults {
+                        f.validate().map_err(|e| ctx(format!("faults: {e}")))?;
+                    }
+                }
+                StepKind::Pause { ms } => {
+                    if *ms > MAX_PAUSE_MS {
+                        return Err(ctx(format!("pause of {ms} ms (at most {MAX_PAUSE_MS})")));
+                    }
+                }
             }
             for ns in step_netns(&s.kind) {
                 if ns.is_empty() || ns.contains('/') || ns.contains(char::is_whitespace) {
@@ -599,6 +675,11 @@ impl Scenario {
                 }
                 if !self.topology.nics.iter().any(|n| &n.name == nic) {
                     return Err(format!("expect.{k}.bindings: no NIC named {nic:?}"));
+                }
+            }
+            for step in &e.any_outcome {
+                if !names.contains(step.as_str()) {
+                    return Err(format!("expect.{k}.any_outcome: no step named {step:?}"));
                 }
             }
             for (step, se) in &e.steps {
@@ -626,8 +707,12 @@ impl Scenario {
     }
 }
 
+/// Longest `pause` step.
+pub const MAX_PAUSE_MS: u64 = 600_000;
+
 fn step_netns(k: &StepKind) -> Vec<&str> {
     match k {
+        StepKind::Wire { .. } | StepKind::Pause { .. } => Vec::new(),
         StepKind::Sh { netns, .. }
         | StepKind::NetnsSetup { netns, .. }
         | StepKind::Ping { netns, .. } => netns.iter().map(|s| s.as_str()).collect(),
@@ -824,6 +909,108 @@ script = "true"
         );
         let e = Scenario::parse(&bad, "t.toml").unwrap_err().to_string();
         assert!(e.contains("unknown NIC fault"), "{e}");
+    }
+
+    #[test]
+    fn wire_faults_parse_into_the_topology_spec() {
+        let text = BASE.replacen(
+            "b = \"nic1\"\n",
+            "b = \"nic1\"\n[topology.wire.faults]\nseed = 9\ndrop = 0.02\ndirection = \"a-to-b\"\nlink_down = [{ at_ms = 100, duration_ms = 50 }]\n",
+            1,
+        );
+        let s = Scenario::parse(&text, "t.toml").unwrap();
+        let f = s.topology.wires[0].faults.clone().unwrap();
+        assert_eq!(f.seed, 9);
+        assert_eq!(f.drop, 0.02);
+        assert_eq!(f.direction, sim_nic::FaultDirection::AToB);
+        assert_eq!(f.link_down.len(), 1);
+        let spec = s.topology_spec();
+        assert_eq!(spec.wire_faults.len(), 1);
+        assert_eq!(spec.wire_faults["nic0"], f);
+        assert_eq!(spec.wires, s.wire_pairs());
+        // The TOML we write reads back the same.
+        let again = Scenario::parse(&toml::to_string(&s).unwrap(), "again").unwrap();
+        assert_eq!(again, s);
+        assert!(
+            Scenario::builtin("nic-smoke")
+                .unwrap()
+                .wire_faults()
+                .is_empty()
+        );
+        for (faults, want) in [
+            ("drop = 1.5\n", "probability"),
+            ("colour = 1\n", "unknown field"),
+            ("direction = \"sideways\"\n", "sideways"),
+        ] {
+            let bad = BASE.replacen(
+                "b = \"nic1\"\n",
+                &format!("b = \"nic1\"\n[topology.wire.faults]\n{faults}"),
+                1,
+            );
+            let e = Scenario::parse(&bad, "t.toml").unwrap_err().to_string();
+            assert!(e.contains(want), "{faults:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn wire_and_pause_steps_parse_and_validate() {
+        let s = Scenario::parse(
+            &format!(
+                "{BASE}[[step]]\nname = \"cut\"\nkind = \"wire\"\nnic = \"nic1\"\nlink = \"down\"\n\
+                 [[step]]\nname = \"lossy\"\nkind = \"wire\"\nnic = \"nic0\"\nfaults = {{ drop = 0.1, seed = 4 }}\n\
+                 [[step]]\nname = \"wait\"\nkind = \"pause\"\nms = 250\n\
+                 [expect.patched]\nany_outcome = [\"cut\"]\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            s.steps[1].kind,
+            StepKind::Wire {
+                nic: "nic1".into(),
+                link: Some(LinkState::Down),
+                faults: None
+            }
+        );
+        match &s.steps[2].kind {
+            StepKind::Wire {
+                faults: Some(f),
+                link: None,
+                ..
+            } => assert_eq!((f.drop, f.seed), (0.1, 4)),
+            k => panic!("{k:?}"),
+        }
+        assert_eq!(s.steps[3].kind, StepKind::Pause { ms: 250 });
+        assert!(s.expectation("patched").any_outcome.contains("cut"));
+        for (extra, want) in [
+            (
+                "[[step]]\nname = \"w\"\nkind = \"wire\"\nnic = \"nic0\"\n",
+                "link` and/or `faults",
+            ),
+            (
+                "[[step]]\nname = \"w\"\nkind = \"wire\"\nnic = \"nic7\"\nlink = \"up\"\n",
+                "not on a wire",
+            ),
+            (
+                "[[step]]\nname = \"w\"\nkind = \"wire\"\nnic = \"nic0\"\nlink = \"sideways\"\n",
+                "sideways",
+            ),
+            (
+                "[[step]]\nname = \"w\"\nkind = \"wire\"\nnic = \"nic0\"\nfaults = { corrupt = -1.0 }\n",
+                "probability",
+            ),
+            (
+                "[[step]]\nname = \"p\"\nkind = \"pause\"\nms = 600001\n",
+                "at most",
+            ),
+            (
+                "[expect.patched]\nany_outcome = [\"zz\"]\n",
+                "no step named",
+            ),
+        ] {
+            let e = parse_err(extra);
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
     }
 
     #[test]

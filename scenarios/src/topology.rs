@@ -26,6 +26,10 @@ pub struct TopologySpec {
     /// Test-only device faults per logical NIC name (`dma-foreign-iova`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nic_faults: BTreeMap<String, Vec<NicFault>>,
+    /// Wire faults from the moment of cabling, keyed by the wire's first
+    /// (`a`) end; wires not listed have none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wire_faults: BTreeMap<String, WireFaults>,
 }
 
 impl TopologySpec {
@@ -42,6 +46,7 @@ impl TopologySpec {
             wires,
             pcap_dir: None,
             nic_faults: BTreeMap::new(),
+            wire_faults: BTreeMap::new(),
         }
     }
 
@@ -88,9 +93,27 @@ impl Topology {
         let wires: Vec<_> = self
             .wires
             .iter()
-            .map(|(a, b, w)| serde_json::json!({"a": a, "b": b, "faults": serde_json::to_value(w.counters()).unwrap_or_default(), "pcap_records": w.pcap_records()}))
+            .map(|(a, b, w)| {
+                let cfg = w.faults();
+                serde_json::json!({
+                    "a": a,
+                    "b": b,
+                    "faults": serde_json::to_value(w.counters()).unwrap_or_default(),
+                    "faults_in_force": if cfg.is_none() { serde_json::Value::Null } else { serde_json::to_value(cfg).unwrap_or_default() },
+                    "link_up": w.link_up(),
+                    "pcap_records": w.pcap_records(),
+                })
+            })
             .collect();
         serde_json::json!({"nics": nics, "wires": wires})
+    }
+
+    /// The wire with `nic` at one end.
+    pub fn wire_of(&self, nic: &str) -> Option<&Wire> {
+        self.wires
+            .iter()
+            .find(|(a, b, _)| a == nic || b == nic)
+            .map(|(_, _, w)| w)
     }
 
     pub fn shutdown(&self) {
@@ -172,15 +195,12 @@ pub fn finish(
             .pcap_dir
             .as_ref()
             .map(|d| d.join(format!("{a}-{b}.pcap")));
-        let w = Wire::connect(
-            pa,
-            pb,
-            WireOptions {
-                pcap,
-                faults: WireFaults::none(),
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        let faults = spec.wire_faults.get(a).cloned().unwrap_or_default();
+        if !faults.is_none() {
+            tracing::info!(wire = %format!("{a}-{b}"), ?faults, "wire faults switched on");
+        }
+        let w = Wire::connect(pa, pb, WireOptions { pcap, faults })
+            .map_err(|e| format!("wire {a}-{b}: {e}"))?;
         wires.push((a.clone(), b.clone(), w));
     }
     Ok(Topology {
@@ -188,4 +208,157 @@ pub fn finish(
         wires,
         bdfs: spec.bdfs(),
     })
+}
+
+impl crate::steps::HostControl for Topology {
+    fn wire(
+        &mut self,
+        nic: &str,
+        action: &crate::steps::WireAction,
+    ) -> Result<serde_json::Value, String> {
+        apply_wire_action(self, nic, action)
+    }
+}
+
+impl crate::steps::HostControl for &Topology {
+    fn wire(
+        &mut self,
+        nic: &str,
+        action: &crate::steps::WireAction,
+    ) -> Result<serde_json::Value, String> {
+        apply_wire_action(self, nic, action)
+    }
+}
+
+fn apply_wire_action(
+    t: &Topology,
+    nic: &str,
+    action: &crate::steps::WireAction,
+) -> Result<serde_json::Value, String> {
+    let w = t
+        .wire_of(nic)
+        .ok_or_else(|| format!("no wire with {nic} at one end"))?;
+    if let Some(f) = &action.faults {
+        w.set_faults(f.clone()).map_err(|e| e.to_string())?;
+    }
+    if let Some(up) = action.link_up {
+        w.set_link(up);
+    }
+    Ok(serde_json::json!({
+        "link_up": w.link_up(),
+        "counters": serde_json::to_value(w.counters()).unwrap_or_default(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::{HostControl, WireAction};
+    use sim_nic::testing::{FakeDriver, test_config};
+
+    /// Two fake-driven NICs, cabled by `finish` from `spec`.
+    fn cabled(spec: &TopologySpec) -> (Topology, Vec<FakeDriver>) {
+        let mut p = Pending::default();
+        let mut drivers = Vec::new();
+        for (i, n) in spec.nics.iter().enumerate() {
+            let (d, port) = FakeDriver::new(test_config(n, i as u8 + 1), 1 << 20);
+            p.handles.insert(n.clone(), d.handle.clone());
+            p.ports.insert(n.clone(), port);
+            drivers.push(d);
+        }
+        let t = finish(spec, &Arc::new(Mutex::new(Some(p)))).unwrap();
+        (t, drivers)
+    }
+
+    #[test]
+    fn wires_are_cabled_with_the_spec_faults() {
+        let mut spec = TopologySpec::pairs(2);
+        spec.wire_faults.insert(
+            "nic0".into(),
+            WireFaults {
+                seed: 3,
+                drop: 0.25,
+                ..WireFaults::none()
+            },
+        );
+        let (t, _d) = cabled(&spec);
+        let w = t.wire_of("nic1").unwrap();
+        assert_eq!((w.faults().seed, w.faults().drop), (3, 0.25));
+        let s = t.stats();
+        assert_eq!(s["wires"][0]["faults_in_force"]["drop"], 0.25);
+        assert_eq!(s["wires"][0]["link_up"], true);
+        // Without faults in the spec: none.
+        let (t, _d) = cabled(&TopologySpec::pairs(2));
+        assert!(t.wire_of("nic0").unwrap().faults().is_none());
+        assert!(t.stats()["wires"][0]["faults_in_force"].is_null());
+        // Faults a wire refuses fail the cabling with the wire's name.
+        let mut bad = TopologySpec::pairs(2);
+        bad.wire_faults.insert(
+            "nic0".into(),
+            WireFaults {
+                corrupt: 7.0,
+                ..WireFaults::none()
+            },
+        );
+        let mut p = Pending::default();
+        let mut keep = Vec::new();
+        for (i, n) in bad.nics.iter().enumerate() {
+            let (d, port) = FakeDriver::new(test_config(n, i as u8 + 1), 1 << 20);
+            p.ports.insert(n.clone(), port);
+            keep.push(d);
+        }
+        let e = finish(&bad, &Arc::new(Mutex::new(Some(p)))).err().unwrap();
+        assert!(e.contains("wire nic0-nic1") && e.contains("corrupt"), "{e}");
+    }
+
+    #[test]
+    fn wire_actions_reach_the_wire_and_its_counters() {
+        let (mut t, _d) = cabled(&TopologySpec::pairs(2));
+        let v = HostControl::wire(
+            &mut t,
+            "nic1",
+            &WireAction {
+                link_up: Some(false),
+                faults: Some(WireFaults {
+                    duplicate: 0.5,
+                    ..WireFaults::none()
+                }),
+            },
+        )
+        .unwrap();
+        assert_eq!(v["link_up"], false);
+        assert_eq!(v["counters"]["link_downs"], 1);
+        let w = t.wire_of("nic0").unwrap();
+        assert!(!w.link_up());
+        assert_eq!(w.faults().duplicate, 0.5);
+        let mut by_ref = &t;
+        HostControl::wire(
+            &mut by_ref,
+            "nic0",
+            &WireAction {
+                link_up: Some(true),
+                faults: None,
+            },
+        )
+        .unwrap();
+        assert!(t.wire_of("nic0").unwrap().link_up());
+        assert_eq!(t.stats()["wires"][0]["faults"]["link_ups"], 1);
+        let e = HostControl::wire(&mut t, "nic9", &WireAction::default()).unwrap_err();
+        assert!(e.contains("nic9"), "{e}");
+        let e = HostControl::wire(
+            &mut t,
+            "nic0",
+            &WireAction {
+                link_up: None,
+                faults: Some(WireFaults {
+                    drop: -1.0,
+                    ..WireFaults::none()
+                }),
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("drop"), "{e}");
+        // A refused change leaves the faults in force as they were.
+        assert_eq!(t.wire_of("nic0").unwrap().faults().duplicate, 0.5);
+    }
 }

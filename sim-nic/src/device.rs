@@ -90,6 +90,26 @@ pub struct GveConfig {
     /// TX payload read on (counting from 0), read payload through another
     /// IOVA of the NIC's domain mapping the same bytes, when one exists.
     pub dma_foreign_iova: Option<u64>,
+    /// Test fault `tx-completion-delay`: TX completions written this long
+    /// after their packet went out.
+    pub tx_completion_delay: Option<Duration>,
+    /// Test fault `rx-starve`: (frames received normally first, frames
+    /// then dropped as if no buffer was posted).
+    pub rx_starve: Option<(u64, u64)>,
+    /// Test fault `reset-request`: after this many TX packets the device
+    /// asks for a reset, once.
+    pub reset_request_after: Option<u64>,
+    /// Test fault `dma-fault`: one payload DMA of one queue refused.
+    pub dma_fault: Option<DmaFaultAt>,
+}
+
+/// Where the `dma-fault` test fault strikes (see [`crate::NicFault::DmaFault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaFaultAt {
+    pub dir: crate::faults::QueueDir,
+    pub queue: u16,
+    /// Payload DMAs of that queue done normally first.
+    pub after: u64,
 }
 
 impl Default for GveConfig {
@@ -119,6 +139,10 @@ impl Default for GveConfig {
             inline_doorbells: true,
             stats_refresh: Duration::from_secs(1),
             dma_foreign_iova: None,
+            tx_completion_delay: None,
+            rx_starve: None,
+            reset_request_after: None,
+            dma_fault: None,
         }
     }
 }
@@ -301,6 +325,20 @@ pub(crate) struct NicState {
     pub refusals: RefusalLog,
     /// Link forced down by the owner (`NicHandle::set_link`).
     pub link_forced_down: bool,
+    /// Test faults' progress (they survive resets: each strikes once per
+    /// device lifetime, or in its one window).
+    pub faults: FaultProgress,
+}
+
+/// How far the test faults of [`GveConfig`] have got.
+#[derive(Debug, Default)]
+pub(crate) struct FaultProgress {
+    /// Frames steered to an RX queue (for `rx-starve`).
+    pub rx_frames_seen: u64,
+    /// `reset-request` has struck.
+    pub reset_requested: bool,
+    /// Payload DMAs of the `dma-fault` queue seen.
+    pub dma_seen: u64,
 }
 
 impl NicState {
@@ -329,6 +367,7 @@ impl NicState {
             tx_backlog: VecDeque::new(),
             refusals: RefusalLog::default(),
             link_forced_down: false,
+            faults: FaultProgress::default(),
         }
     }
 }
@@ -443,6 +482,34 @@ impl Dev<'_> {
             Counters::inc(&self.sh.counters.mgmt_irqs);
             lock(&self.sh.msix).notify(v);
         }
+    }
+
+    /// The `dma-fault` test fault: whether this payload DMA of queue `q`
+    /// in `dir` is the one to refuse (then logged as a refused DMA).
+    pub fn injected_dma_fault(
+        &mut self,
+        dir: crate::faults::QueueDir,
+        q: usize,
+        what: &str,
+    ) -> bool {
+        let Some(at) = self.sh.cfg.dma_fault else {
+            return false;
+        };
+        if at.dir != dir || usize::from(at.queue) != q {
+            return false;
+        }
+        let n = self.st.faults.dma_seen;
+        self.st.faults.dma_seen += 1;
+        if n != at.after {
+            return false;
+        }
+        Counters::inc(&self.sh.counters.injected_dma_faults);
+        tracing::warn!(nic = %self.sh.cfg.name, q, "test fault dma-fault: {what} refused");
+        self.refuse(
+            RefusalKind::DmaFault,
+            format!("test fault dma-fault: {what} of queue {q} refused"),
+        );
+        true
     }
 
     /// Ask the driver for a reset (device_status RESET + management IRQ).
@@ -735,8 +802,12 @@ impl Shared {
             let now = Instant::now();
             let (rx_more, rx_wake) = d.rx_poll(now);
             let tx_more = d.tx_poll();
+            let compl_wake = d.tx_flush_delayed(now);
             d.write_nic_stats(now);
-            let mut wake = rx_wake;
+            let mut wake = match (rx_wake, compl_wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if !d.st.tx_backlog.is_empty() {
                 // Retry the wire soon even if nobody wakes us.
                 let retry = Duration::from_millis(1);

@@ -8,9 +8,44 @@ use std::time::Duration;
 /// TX payload reads a NIC does normally before `dma-foreign-iova` starts.
 pub const DEFAULT_FOREIGN_IOVA_AFTER: u64 = 64;
 
-/// A test-only misbehaviour of the device itself (not of a wire), to prove
-/// the verifier sees what a buggy NIC would do. Written as a string:
-/// `dma-foreign-iova` or `dma-foreign-iova:N`.
+/// Default of `tx-completion-delay` (ms).
+pub const DEFAULT_TX_COMPLETION_DELAY_MS: u64 = 50;
+/// Defaults of `rx-starve`: frames received normally first, then frames
+/// starved.
+pub const DEFAULT_RX_STARVE_AFTER: u64 = 64;
+pub const DEFAULT_RX_STARVE_FRAMES: u64 = 256;
+/// Default of `reset-request`: TX packets before the device asks for a
+/// reset.
+pub const DEFAULT_RESET_REQUEST_AFTER: u64 = 256;
+/// Default of `dma-fault`: payload DMAs of the queue done normally first.
+pub const DEFAULT_DMA_FAULT_AFTER: u64 = 64;
+
+/// Direction of a queue a NIC fault names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueDir {
+    Tx,
+    Rx,
+}
+
+impl QueueDir {
+    fn as_str(self) -> &'static str {
+        match self {
+            QueueDir::Tx => "tx",
+            QueueDir::Rx => "rx",
+        }
+    }
+}
+
+/// A test-only misbehaviour of the device itself (not of a wire): to prove
+/// the verifier sees what a buggy NIC would do, and to drive the stock
+/// driver through its error paths. Written as a string (the number
+/// arguments are optional; defaults in this module's constants):
+///
+/// - `dma-foreign-iova[:N]`
+/// - `tx-completion-delay[:MS]`
+/// - `rx-starve[:AFTER[:FRAMES]]`
+/// - `reset-request[:N]`
+/// - `dma-fault:tx:Q[:N]`, `dma-fault:rx:Q[:N]`
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum NicFault {
@@ -21,6 +56,35 @@ pub enum NicFault {
     /// through an IOVA of another binding. Counted in
     /// `NicStats::tx_foreign_iova_reads`.
     DmaForeignIova { after: u64 },
+    /// Every TX completion (descriptor and packet completions alike, in
+    /// order) is written `ms` milliseconds after the packet went out
+    /// (a slow completion path: the driver's ring fills and its queue
+    /// stops until completions arrive; below gve's 5 s TX watchdog, no
+    /// timeout). Counted in `NicStats::tx_completions_delayed`.
+    TxCompletionDelay { ms: u64 },
+    /// After `after` frames steered to RX queues, the next `frames` frames
+    /// find no posted buffer: each is dropped as a queue without buffers
+    /// drops it (`rx_no_buffers`, and the queue's RX_NO_BUFFERS_POSTED /
+    /// RX_QUEUE_DROP_CNT in the driver's stats report) without waiting
+    /// for buffers. Counted in `NicStats::rx_starved`.
+    RxStarve { after: u64, frames: u64 },
+    /// After `after` TX packets the device asks the driver for a reset
+    /// once (device_status RESET bit and the management interrupt, as the
+    /// device does when a queue breaks); the driver's reset path
+    /// (gve_handle_reset) rebuilds everything. Counted in
+    /// `NicStats::reset_requests`.
+    ResetRequest { after: u64 },
+    /// The `after`-th payload DMA (counting from 0) of queue `queue` in
+    /// direction `dir` is refused as an IOMMU fault would be, once: a TX
+    /// payload read drops that packet and completes it (the data never
+    /// reaches the wire), an RX buffer write returns the buffer with
+    /// `rx_error` (the driver drops the packet). Counted in
+    /// `NicStats::injected_dma_faults` (and tx_dma_faults/rx_dma_faults).
+    DmaFault {
+        dir: QueueDir,
+        queue: u16,
+        after: u64,
+    },
 }
 
 impl NicFault {
@@ -28,6 +92,25 @@ impl NicFault {
     pub fn apply(&self, cfg: &mut crate::GveConfig) {
         match *self {
             NicFault::DmaForeignIova { after } => cfg.dma_foreign_iova = Some(after),
+            NicFault::TxCompletionDelay { ms } => {
+                cfg.tx_completion_delay = Some(Duration::from_millis(ms))
+            }
+            NicFault::RxStarve { after, frames } => cfg.rx_starve = Some((after, frames)),
+            NicFault::ResetRequest { after } => cfg.reset_request_after = Some(after),
+            NicFault::DmaFault { dir, queue, after } => {
+                cfg.dma_fault = Some(crate::device::DmaFaultAt { dir, queue, after })
+            }
+        }
+    }
+
+    /// The name without arguments (`rx-starve`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NicFault::DmaForeignIova { .. } => "dma-foreign-iova",
+            NicFault::TxCompletionDelay { .. } => "tx-completion-delay",
+            NicFault::RxStarve { .. } => "rx-starve",
+            NicFault::ResetRequest { .. } => "reset-request",
+            NicFault::DmaFault { .. } => "dma-fault",
         }
     }
 }
@@ -39,30 +122,90 @@ impl fmt::Display for NicFault {
                 f.write_str("dma-foreign-iova")
             }
             NicFault::DmaForeignIova { after } => write!(f, "dma-foreign-iova:{after}"),
+            NicFault::TxCompletionDelay { ms } => write!(f, "tx-completion-delay:{ms}"),
+            NicFault::RxStarve { after, frames } => write!(f, "rx-starve:{after}:{frames}"),
+            NicFault::ResetRequest { after } => write!(f, "reset-request:{after}"),
+            NicFault::DmaFault { dir, queue, after } => {
+                write!(f, "dma-fault:{}:{queue}:{after}", dir.as_str())
+            }
         }
     }
 }
+
+/// What `from_str` knows, for its error message.
+const KNOWN_NIC_FAULTS: &str = "dma-foreign-iova[:N], tx-completion-delay[:MS], rx-starve[:AFTER[:FRAMES]], reset-request[:N], dma-fault:tx|rx:QUEUE[:N]";
 
 impl FromStr for NicFault {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, arg) = match s.split_once(':') {
-            Some((n, a)) => (n, Some(a)),
-            None => (s, None),
+        let mut parts = s.split(':');
+        let name = parts.next().unwrap_or_default();
+        let args: Vec<&str> = parts.collect();
+        let num = |i: usize, default: Option<u64>, what: &str| -> Result<u64, String> {
+            match (args.get(i), default) {
+                (Some(a), _) => a
+                    .parse()
+                    .map_err(|_| format!("{s}: expected a number of {what}, not {a:?}")),
+                (None, Some(d)) => Ok(d),
+                (None, None) => Err(format!("{s}: missing the {what}")),
+            }
+        };
+        let at_most = |n: usize| -> Result<(), String> {
+            if args.len() > n {
+                Err(format!("{s}: too many arguments"))
+            } else {
+                Ok(())
+            }
         };
         match name {
             "dma-foreign-iova" => {
-                let after = match arg {
-                    None => DEFAULT_FOREIGN_IOVA_AFTER,
-                    Some(a) => a.parse().map_err(|_| {
-                        format!("dma-foreign-iova:{a}: expected a number of payload reads")
-                    })?,
+                at_most(1)?;
+                Ok(NicFault::DmaForeignIova {
+                    after: num(0, Some(DEFAULT_FOREIGN_IOVA_AFTER), "payload reads")?,
+                })
+            }
+            "tx-completion-delay" => {
+                at_most(1)?;
+                Ok(NicFault::TxCompletionDelay {
+                    ms: num(0, Some(DEFAULT_TX_COMPLETION_DELAY_MS), "milliseconds")?,
+                })
+            }
+            "rx-starve" => {
+                at_most(2)?;
+                Ok(NicFault::RxStarve {
+                    after: num(0, Some(DEFAULT_RX_STARVE_AFTER), "frames before")?,
+                    frames: num(1, Some(DEFAULT_RX_STARVE_FRAMES), "frames starved")?,
+                })
+            }
+            "reset-request" => {
+                at_most(1)?;
+                Ok(NicFault::ResetRequest {
+                    after: num(0, Some(DEFAULT_RESET_REQUEST_AFTER), "TX packets")?,
+                })
+            }
+            "dma-fault" => {
+                at_most(3)?;
+                let dir = match args.first().copied() {
+                    Some("tx") => QueueDir::Tx,
+                    Some("rx") => QueueDir::Rx,
+                    _ => {
+                        return Err(format!(
+                            "{s}: expected dma-fault:tx:QUEUE or dma-fault:rx:QUEUE"
+                        ));
+                    }
                 };
-                Ok(NicFault::DmaForeignIova { after })
+                let queue = num(1, None, "queue")?;
+                let queue =
+                    u16::try_from(queue).map_err(|_| format!("{s}: queue {queue} out of range"))?;
+                Ok(NicFault::DmaFault {
+                    dir,
+                    queue,
+                    after: num(2, Some(DEFAULT_DMA_FAULT_AFTER), "payload DMAs before")?,
+                })
             }
             _ => Err(format!(
-                "unknown NIC fault {s:?} (known: dma-foreign-iova[:N])"
+                "unknown NIC fault {s:?} (known: {KNOWN_NIC_FAULTS})"
             )),
         }
     }
@@ -162,6 +305,21 @@ impl WireFaults {
             && self.delay_us == 0
             && self.jitter_us == 0
             && self.link_down.is_empty()
+    }
+
+    /// Probabilities are finite and in `[0, 1]`.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, p) in [
+            ("drop", self.drop),
+            ("corrupt", self.corrupt),
+            ("duplicate", self.duplicate),
+            ("reorder", self.reorder),
+        ] {
+            if !p.is_finite() || !(0.0..=1.0).contains(&p) {
+                return Err(format!("{name} = {p}: a probability must be in [0, 1]"));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn applies(&self, a_to_b: bool) -> bool {
@@ -416,6 +574,7 @@ mod nic_fault_tests {
         assert_eq!(f, NicFault::DmaForeignIova { after: 3 });
         assert_eq!(f.to_string(), "dma-foreign-iova:3");
         assert!("dma-foreign-iova:x".parse::<NicFault>().is_err());
+        assert!("dma-foreign-iova:1:2".parse::<NicFault>().is_err());
         assert!("dma-elsewhere".parse::<NicFault>().is_err());
         #[derive(serde::Deserialize, serde::Serialize)]
         struct T {
@@ -432,5 +591,121 @@ mod nic_fault_tests {
         assert_eq!(cfg.dma_foreign_iova, None);
         f.apply(&mut cfg);
         assert_eq!(cfg.dma_foreign_iova, Some(3));
+    }
+}
+
+#[cfg(test)]
+mod more_nic_fault_tests {
+    use super::*;
+
+    #[test]
+    fn new_nic_faults_parse_with_defaults_and_round_trip() {
+        for (text, want) in [
+            (
+                "tx-completion-delay",
+                NicFault::TxCompletionDelay {
+                    ms: DEFAULT_TX_COMPLETION_DELAY_MS,
+                },
+            ),
+            (
+                "tx-completion-delay:7",
+                NicFault::TxCompletionDelay { ms: 7 },
+            ),
+            (
+                "rx-starve",
+                NicFault::RxStarve {
+                    after: DEFAULT_RX_STARVE_AFTER,
+                    frames: DEFAULT_RX_STARVE_FRAMES,
+                },
+            ),
+            (
+                "rx-starve:5",
+                NicFault::RxStarve {
+                    after: 5,
+                    frames: DEFAULT_RX_STARVE_FRAMES,
+                },
+            ),
+            (
+                "rx-starve:5:9",
+                NicFault::RxStarve {
+                    after: 5,
+                    frames: 9,
+                },
+            ),
+            (
+                "reset-request",
+                NicFault::ResetRequest {
+                    after: DEFAULT_RESET_REQUEST_AFTER,
+                },
+            ),
+            ("reset-request:3", NicFault::ResetRequest { after: 3 }),
+            (
+                "dma-fault:tx:1",
+                NicFault::DmaFault {
+                    dir: QueueDir::Tx,
+                    queue: 1,
+                    after: DEFAULT_DMA_FAULT_AFTER,
+                },
+            ),
+            (
+                "dma-fault:rx:0:12",
+                NicFault::DmaFault {
+                    dir: QueueDir::Rx,
+                    queue: 0,
+                    after: 12,
+                },
+            ),
+        ] {
+            let f: NicFault = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(f, want, "{text}");
+            assert_eq!(f.to_string().parse::<NicFault>().unwrap(), f, "{text}");
+            assert!(text.starts_with(f.kind()));
+        }
+        for bad in [
+            "tx-completion-delay:soon",
+            "rx-starve:1:2:3",
+            "dma-fault",
+            "dma-fault:up:1",
+            "dma-fault:tx",
+            "dma-fault:rx:70000",
+            "reset-request:-1",
+        ] {
+            assert!(bad.parse::<NicFault>().is_err(), "{bad}");
+        }
+        let e = "melt".parse::<NicFault>().unwrap_err();
+        assert!(e.contains("rx-starve") && e.contains("dma-fault"), "{e}");
+    }
+
+    #[test]
+    fn new_nic_faults_switch_on_in_the_config() {
+        let mut cfg = crate::GveConfig::default();
+        assert_eq!(cfg.tx_completion_delay, None);
+        assert_eq!(cfg.rx_starve, None);
+        assert_eq!(cfg.reset_request_after, None);
+        assert_eq!(cfg.dma_fault, None);
+        NicFault::TxCompletionDelay { ms: 9 }.apply(&mut cfg);
+        NicFault::RxStarve {
+            after: 1,
+            frames: 2,
+        }
+        .apply(&mut cfg);
+        NicFault::ResetRequest { after: 4 }.apply(&mut cfg);
+        NicFault::DmaFault {
+            dir: QueueDir::Rx,
+            queue: 2,
+            after: 3,
+        }
+        .apply(&mut cfg);
+        assert_eq!(cfg.tx_completion_delay, Some(Duration::from_millis(9)));
+        assert_eq!(cfg.rx_starve, Some((1, 2)));
+        assert_eq!(cfg.reset_request_after, Some(4));
+        assert_eq!(
+            cfg.dma_fault,
+            Some(crate::device::DmaFaultAt {
+                dir: QueueDir::Rx,
+                queue: 2,
+                after: 3
+            })
+        );
     }
 }

@@ -56,7 +56,7 @@ pub mod testing;
 pub mod tx;
 pub mod wire;
 
-pub use device::{GveConfig, GveDevice, GveError, NicHandle};
-pub use faults::{FaultCounters, FaultDirection, LinkWindow, NicFault, WireFaults};
+pub use device::{DmaFaultAt, GveConfig, GveDevice, GveError, NicHandle};
+pub use faults::{FaultCounters, FaultDirection, LinkWindow, NicFault, QueueDir, WireFaults};
 pub use stats::{NicStats, Refusal, RefusalKind};
 pub use wire::{HostPort, NicPort, Wire, WireError, WireOptions};

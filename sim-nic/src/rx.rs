@@ -286,6 +286,21 @@ impl Dev<'_> {
                 false
             }
             Some(r) => {
+                // The `rx-starve` test fault: frames in its window find no
+                // buffer and are dropped as a starved queue drops them.
+                let seen = self.st.faults.rx_frames_seen;
+                self.st.faults.rx_frames_seen += 1;
+                if let Some((after, frames)) = self.sh.cfg.rx_starve
+                    && seen >= after
+                    && seen - after < frames
+                {
+                    r.no_buffers += 1;
+                    r.drops += 1;
+                    self.st.stats_dirty = true;
+                    Counters::inc(&self.sh.counters.rx_no_buffers);
+                    Counters::inc(&self.sh.counters.rx_starved);
+                    return true;
+                }
                 r.pending.push_back((now, frame));
                 true
             }
@@ -557,6 +572,12 @@ impl Dev<'_> {
             {
                 Counters::inc(&self.sh.counters.rx_dma_faults);
                 error = Some(format!("header buffer of {} faulted", desc.buf_id));
+            } else if self.injected_dma_fault(crate::faults::QueueDir::Rx, q, "RX buffer write") {
+                Counters::inc(&self.sh.counters.rx_dma_faults);
+                error = Some(format!(
+                    "buffer {} faulted (test fault dma-fault)",
+                    desc.buf_id
+                ));
             } else if !self.dma_write(desc.buf_addr, chunk, "rx-buf") {
                 Counters::inc(&self.sh.counters.rx_dma_faults);
                 error = Some(format!("buffer {} faulted", desc.buf_id));

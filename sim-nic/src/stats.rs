@@ -49,6 +49,13 @@ counters! {
     /// TX payload reads the `dma-foreign-iova` test fault sent through
     /// another IOVA mapping the same bytes.
     tx_foreign_iova_reads,
+    /// Packets whose completions the `tx-completion-delay` test fault held
+    /// back.
+    tx_completions_delayed,
+    /// Frames the `rx-starve` test fault dropped (also in `rx_no_buffers`).
+    rx_starved,
+    /// DMAs the `dma-fault` test fault refused.
+    injected_dma_faults,
     /// Frames lost because there was no cable or the link was down.
     tx_no_link,
     /// Times TX stopped because the peer's inbox was full.

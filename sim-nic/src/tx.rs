@@ -2,6 +2,9 @@
 //! then descriptor and packet completions with the generation bit
 //! (gve_tx_dqo.c, gve_desc_dqo.h).
 
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
 use crate::adminq::CreateTxQueue;
 use crate::desc::{
     COMPL_TYPE_DESC, COMPL_TYPE_PKT, DQO_TX_MAX, TX_COMPL_SIZE, TX_DESC_SIZE, TX_MAX_HDR_SIZE,
@@ -37,6 +40,9 @@ pub(crate) struct TxQueue {
     pub comp_gen: bool,
     /// A ring access faulted: the queue is dead until destroyed.
     pub broken: bool,
+    /// Completions held back by the `tx-completion-delay` test fault:
+    /// (when due, [(completion type, value)]) in order.
+    pub delayed: VecDeque<(Instant, Vec<(u16, u16)>)>,
 }
 
 impl TxQueue {
@@ -53,6 +59,7 @@ impl TxQueue {
             comp_tail: 0,
             comp_gen: true,
             broken: false,
+            delayed: VecDeque::new(),
         }
     }
 }
@@ -230,16 +237,84 @@ impl Dev<'_> {
         } else {
             self.transmit_packet(q, &p);
         }
+        if let Some(after) = self.sh.cfg.reset_request_after
+            && !self.st.faults.reset_requested
+            && self
+                .sh
+                .counters
+                .tx_packets
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > after
+        {
+            self.st.faults.reset_requested = true;
+            self.request_reset(&format!(
+                "test fault reset-request after {after} TX packets"
+            ));
+        }
         // Descriptor completions first (the driver learns the ring head from
         // them), then the packet completion.
         let mask = queue.size - 1;
-        for idx in &p.report {
-            self.tx_complete(q, COMPL_TYPE_DESC, ((idx + 1) & mask) as u16)?;
-        }
+        let mut compls: Vec<(u16, u16)> = p
+            .report
+            .iter()
+            .map(|idx| (COMPL_TYPE_DESC, ((idx + 1) & mask) as u16))
+            .collect();
         if let Some(tag) = p.tag {
-            self.tx_complete(q, COMPL_TYPE_PKT, tag)?;
+            compls.push((COMPL_TYPE_PKT, tag));
         }
-        Some(!p.report.is_empty() || p.tag.is_some())
+        if compls.is_empty() {
+            return Some(false);
+        }
+        if let Some(d) = self.sh.cfg.tx_completion_delay {
+            Counters::inc(&self.sh.counters.tx_completions_delayed);
+            let t = self.st.tx.get_mut(q)?.as_mut()?;
+            t.delayed.push_back((Instant::now() + d, compls));
+            return Some(false);
+        }
+        for (ctype, value) in compls {
+            self.tx_complete(q, ctype, value)?;
+        }
+        Some(true)
+    }
+
+    /// Write the completions the `tx-completion-delay` test fault held
+    /// back whose time has come; returns when the next ones are due.
+    pub fn tx_flush_delayed(&mut self, now: Instant) -> Option<Duration> {
+        self.sh.cfg.tx_completion_delay?;
+        let mut wake: Option<Duration> = None;
+        for q in 0..self.st.tx.len() {
+            let mut wrote = false;
+            while let Some(t) = self.st.tx.get_mut(q).and_then(Option::as_mut) {
+                match t.delayed.front() {
+                    Some((at, _)) if *at <= now => {}
+                    Some((at, _)) => {
+                        let w = at.saturating_duration_since(now);
+                        wake = Some(wake.map_or(w, |x| x.min(w)));
+                        break;
+                    }
+                    None => break,
+                }
+                let Some((_, compls)) = t.delayed.pop_front() else {
+                    break;
+                };
+                let mut ok = true;
+                for (ctype, value) in compls {
+                    if self.tx_complete(q, ctype, value).is_none() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if !ok {
+                    break;
+                }
+                wrote = true;
+            }
+            if wrote && let Some(Some(t)) = self.st.tx.get(q) {
+                let b = t.ntfy;
+                self.notify_block(b);
+            }
+        }
+        wake
     }
 
     fn transmit_packet(&mut self, q: usize, p: &TxPacket) {
@@ -261,6 +336,10 @@ impl Dev<'_> {
         for (addr, len) in &p.bufs {
             let len = usize::from(*len);
             let addr = self.payload_iova(*addr, len as u64);
+            if self.injected_dma_fault(crate::faults::QueueDir::Tx, q, "TX payload read") {
+                Counters::inc(&self.sh.counters.tx_dma_faults);
+                return;
+            }
             if !self.dma_read(addr, &mut pkt[off..off + len], "tx-payload") {
                 Counters::inc(&self.sh.counters.tx_dma_faults);
                 return;

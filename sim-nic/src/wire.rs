@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -269,15 +269,27 @@ pub enum WireError {
     },
     #[error("cannot start the link-schedule thread: {0}")]
     Thread(std::io::Error),
+    #[error("invalid wire faults: {0}")]
+    Faults(String),
 }
 
 struct WireInner {
     ends: Vec<Arc<PortShared>>,
+    /// Both directions (one for a loopback), to swap their faults.
+    dirs: Vec<(Arc<WireDir>, bool)>,
     link: Arc<AtomicBool>,
     counters: Arc<AtomicFaultCounters>,
     pcap: Option<Arc<Mutex<PcapWriter<std::io::BufWriter<std::fs::File>>>>>,
     stop: AtomicBool,
-    stop_signal: Signal,
+    /// The faults in force (the last `WireOptions::faults` or `set_faults`).
+    faults: Mutex<WireFaults>,
+    /// Generation of the link schedule: a schedule thread whose generation
+    /// is no longer current stops.
+    schedule_gen: AtomicU64,
+    /// The current schedule holds the link down (a window is open).
+    schedule_down: AtomicBool,
+    /// Link-schedule threads, each with the signal that wakes it.
+    threads: Mutex<Vec<(JoinHandle<()>, Arc<Signal>)>>,
 }
 
 impl WireInner {
@@ -293,12 +305,76 @@ impl WireInner {
             e.set_link(up);
         }
     }
+
+    /// Wake every schedule thread (it then checks whether it is current).
+    fn wake_schedules(&self) {
+        for (_, s) in lock(&self.threads).iter() {
+            s.notify();
+        }
+    }
+
+    /// Start the link schedule of `faults` (windows relative to now) as
+    /// generation `generation`; nothing when it has no window.
+    fn start_schedule(
+        self: &Arc<Self>,
+        faults: &WireFaults,
+        generation: u64,
+    ) -> Result<(), WireError> {
+        let mut windows = faults.link_down.clone();
+        if windows.is_empty() {
+            return Ok(());
+        }
+        windows.sort_by_key(|w| w.at_ms);
+        let inner = self.clone();
+        let signal = Arc::new(Signal::default());
+        let wake = signal.clone();
+        let start = Instant::now();
+        let t = std::thread::Builder::new()
+            .name("sim-nic-wire".into())
+            .spawn(move || {
+                let current = || {
+                    !inner.stop.load(Ordering::SeqCst)
+                        && inner.schedule_gen.load(Ordering::SeqCst) == generation
+                };
+                for w in windows {
+                    let end = w.at_ms.saturating_add(w.duration_ms);
+                    for (at, up) in [(w.at_ms, false), (end, true)] {
+                        let Some(when) = start.checked_add(Duration::from_millis(at)) else {
+                            return;
+                        };
+                        loop {
+                            if !current() {
+                                return;
+                            }
+                            let now = Instant::now();
+                            if now >= when {
+                                break;
+                            }
+                            wake.wait(Some(when - now));
+                        }
+                        // Checked and applied under the faults lock, so a
+                        // concurrent `set_faults` sees either the whole
+                        // transition or none of it.
+                        let _g = lock(&inner.faults);
+                        if !current() {
+                            return;
+                        }
+                        inner.schedule_down.store(!up, Ordering::SeqCst);
+                        inner.set_link(up);
+                    }
+                }
+            })
+            .map_err(WireError::Thread)?;
+        let mut threads = lock(&self.threads);
+        threads.retain(|(t, _)| !t.is_finished());
+        threads.push((t, signal));
+        Ok(())
+    }
 }
 
 /// A cable. Dropping it unplugs both ends (link down) and flushes the pcap.
 pub struct Wire {
     inner: Arc<WireInner>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// The host end of [`Wire::connect_host`]: tests and scenarios inject and
@@ -368,6 +444,7 @@ impl Wire {
     }
 
     fn build(ends: Vec<Arc<PortShared>>, opts: WireOptions) -> Result<Wire, WireError> {
+        opts.faults.validate().map_err(WireError::Faults)?;
         for (i, e) in ends.iter().enumerate() {
             if e.attached.swap(true, Ordering::SeqCst) {
                 for e in &ends[..i] {
@@ -392,14 +469,17 @@ impl Wire {
         };
         let link = Arc::new(AtomicBool::new(true));
         let counters = Arc::new(AtomicFaultCounters::default());
-        let dir = |dst: &Arc<PortShared>, a_to_b: bool| {
-            Arc::new(WireDir {
+        let mut dirs = Vec::new();
+        let mut dir = |dst: &Arc<PortShared>, a_to_b: bool| {
+            let d = Arc::new(WireDir {
                 dst: dst.clone(),
                 faults: Mutex::new(FaultState::new(&opts.faults, a_to_b)),
                 link: link.clone(),
                 counters: counters.clone(),
                 pcap: pcap.clone(),
-            })
+            });
+            dirs.push((d.clone(), a_to_b));
+            d
         };
         match ends.as_slice() {
             [a] => {
@@ -416,50 +496,51 @@ impl Wire {
         }
         let inner = Arc::new(WireInner {
             ends,
+            dirs,
             link,
             counters,
             pcap,
             stop: AtomicBool::new(false),
-            stop_signal: Signal::default(),
+            faults: Mutex::new(opts.faults.clone()),
+            schedule_gen: AtomicU64::new(0),
+            schedule_down: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
         });
         for e in &inner.ends {
             e.set_link(true);
         }
-        let mut windows = opts.faults.link_down.clone();
-        let thread = if windows.is_empty() {
-            None
-        } else {
-            windows.sort_by_key(|w| w.at_ms);
-            let inner2 = inner.clone();
-            let start = Instant::now();
-            Some(
-                std::thread::Builder::new()
-                    .name("sim-nic-wire".into())
-                    .spawn(move || {
-                        for w in windows {
-                            for (at, up) in [(w.at_ms, false), (w.at_ms + w.duration_ms, true)] {
-                                let Some(when) = start.checked_add(Duration::from_millis(at))
-                                else {
-                                    return;
-                                };
-                                loop {
-                                    if inner2.stop.load(Ordering::SeqCst) {
-                                        return;
-                                    }
-                                    let now = Instant::now();
-                                    if now >= when {
-                                        break;
-                                    }
-                                    inner2.stop_signal.wait(Some(when - now));
-                                }
-                                inner2.set_link(up);
-                            }
-                        }
-                    })
-                    .map_err(WireError::Thread)?,
-            )
+        // Dropping the wire on error unplugs the ends again.
+        let w = Wire { inner };
+        w.inner.start_schedule(&opts.faults, 0)?;
+        Ok(w)
+    }
+
+    /// Replace the wire's faults from now on: fresh per-direction state
+    /// seeded from `faults.seed` (the counters go on), and `faults`'
+    /// link windows counted from now. A link schedule still running is
+    /// cancelled; if one of its windows held the link down, the link comes
+    /// back up.
+    pub fn set_faults(&self, faults: WireFaults) -> Result<(), WireError> {
+        faults.validate().map_err(WireError::Faults)?;
+        let generation = {
+            let mut cur = lock(&self.inner.faults);
+            let generation = self.inner.schedule_gen.fetch_add(1, Ordering::SeqCst) + 1;
+            for (d, a_to_b) in &self.inner.dirs {
+                *lock(&d.faults) = FaultState::new(&faults, *a_to_b);
+            }
+            if self.inner.schedule_down.swap(false, Ordering::SeqCst) {
+                self.inner.set_link(true);
+            }
+            *cur = faults.clone();
+            generation
         };
-        Ok(Wire { inner, thread })
+        self.inner.wake_schedules();
+        self.inner.start_schedule(&faults, generation)
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> WireFaults {
+        lock(&self.inner.faults).clone()
     }
 
     /// What the faults injected so far.
@@ -494,8 +575,9 @@ impl Wire {
 impl Drop for Wire {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
-        self.inner.stop_signal.notify();
-        if let Some(t) = self.thread.take() {
+        self.inner.wake_schedules();
+        let threads = std::mem::take(&mut *lock(&self.inner.threads));
+        for (t, _) in threads {
             let _ = t.join();
         }
         for e in &self.inner.ends {

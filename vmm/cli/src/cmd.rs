@@ -588,12 +588,7 @@ fn run_scenario_toml(
         },
         &*sink,
     )?;
-    p.job.machine.topology = scenarios::topology::TopologySpec {
-        nics: scn.nic_names(),
-        wires: scn.wire_pairs(),
-        pcap_dir: None,
-        nic_faults: scn.nic_faults(),
-    };
+    p.job.machine.topology = scn.topology_spec();
     add_nic_faults(&mut p.job.machine.topology, nic_faults)?;
     if let Some(d) = pcap {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -762,6 +757,234 @@ pub fn matrix(a: MatrixArgs) -> i32 {
             std::fs::write(p, &junit).with_context(|| format!("writing {}", p.display()))?;
         }
         Ok(worst)
+    })();
+    res.unwrap_or_else(|e| report_error(&e))
+}
+
+#[derive(Args, Debug)]
+pub struct CampaignArgs {
+    /// Base scenario from the catalog (default: the default scenario).
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// A base scenario file instead of a catalog name.
+    #[arg(long, conflicts_with = "scenario")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// Passing cases wanted (each boots a VM).
+    #[arg(long, default_value_t = 4)]
+    pub cases: u32,
+    /// Everything the campaign draws comes from this seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Operations per schedule at most.
+    #[arg(long, default_value_t = 6)]
+    pub max_ops: usize,
+    /// Cases run while shrinking a violation at most (each boots a VM).
+    #[arg(long, default_value_t = 8)]
+    pub shrink_iters: u32,
+    /// Where the minimal failing case is written as a scenario file.
+    #[arg(long, default_value = "scenarios/regressions")]
+    pub regressions: PathBuf,
+    /// Write the campaign's JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Print the cases the seed draws (scenario TOML) without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `netmem-lab campaign`: property-based fault schedules around a base
+/// scenario, one VM per case; a violation is shrunk and written as a
+/// regression scenario. Exit 0: no violation, 1: a violation (regression
+/// written), 2: the lab could not run the campaign.
+pub fn campaign(a: CampaignArgs) -> i32 {
+    use scenarios::campaign::{
+        CampaignBase, CampaignConfig, CaseFailure, Schedule, case_failure, regression_name,
+        run_campaign, scenario_toml, strategy, write_regression,
+    };
+    install_cancel_handlers();
+    let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(a.machine.console));
+    let t0 = std::time::Instant::now();
+    let res = (|| -> Result<i32> {
+        let (toml, origin) = match (&a.file, &a.scenario) {
+            (Some(f), _) => (
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+                f.display().to_string(),
+            ),
+            (None, name) => {
+                let name = name.clone().unwrap_or_else(|| DEFAULT_SCENARIO.to_string());
+                (catalog_toml(&name)?, name)
+            }
+        };
+        let scn =
+            scenarios::scenario::Scenario::parse(&toml, &origin).map_err(|e| anyhow!("{e}"))?;
+        let base = CampaignBase::new(&scn).map_err(|e| anyhow!("{e}"))?;
+        let cfg = CampaignConfig {
+            cases: a.cases.max(1),
+            seed: a.seed,
+            max_ops: a.max_ops.max(1),
+            max_shrink_iters: a.shrink_iters,
+        };
+        let strat = strategy::schedule(&base, cfg.max_ops);
+        let case_name = |n: u32| format!("campaign-{}-seed{}-case{n}", base.scenario.name, a.seed);
+        if a.dry_run {
+            let mut n = 0;
+            run_campaign(
+                &cfg,
+                &strat,
+                |s: &Schedule| {
+                    let text = scenario_toml(&s.to_scenario(&base, &case_name(n), "dry run"))
+                        .unwrap_or_else(|e| format!("# not serialisable: {e}\n"));
+                    println!("# ---- case {n}: {} ops", s.ops.len());
+                    for (i, op) in s.ops.iter().enumerate() {
+                        println!("#   {i:02}: {}", op.describe());
+                    }
+                    println!("{text}");
+                    n += 1;
+                    Ok(())
+                },
+                |_| {},
+            );
+            return Ok(0);
+        }
+        let mut fatal: Option<anyhow::Error> = None;
+        let mut log: Vec<serde_json::Value> = Vec::new();
+        let mut n = 0u32;
+        let out = run_campaign(
+            &cfg,
+            &strat,
+            |s: &Schedule| -> std::result::Result<(), CaseFailure> {
+                if fatal.is_some() {
+                    return Ok(());
+                }
+                if scenarios::run::CANCEL.load(Ordering::SeqCst) {
+                    fatal = Some(anyhow!("interrupted"));
+                    return Ok(());
+                }
+                let name = case_name(n);
+                n += 1;
+                let scn = s.to_scenario(&base, &name, "campaign case");
+                let text = match scenario_toml(&scn) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        fatal = Some(anyhow!("case {name}: {e}"));
+                        return Ok(());
+                    }
+                };
+                sink.emit(Event::Step {
+                    name: format!("campaign: {name}"),
+                    elapsed_ms: t0.elapsed().as_millis() as u64,
+                    detail: s
+                        .ops
+                        .iter()
+                        .map(|o| o.describe())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                });
+                match run_scenario_toml(&a.machine, &text, &name, &[], &None, sink.clone()) {
+                    Ok(r) => {
+                        let f = case_failure(&r.report);
+                        log.push(serde_json::json!({
+                            "case": name,
+                            "ops": s.ops.iter().map(|o| o.describe()).collect::<Vec<_>>(),
+                            "verdict": r.report["verdict"],
+                            "violated": f.as_ref().map(|f| f.invariant.clone()),
+                            "detail": f.as_ref().map(|f| f.detail.clone()),
+                            "nics": r.report["nics"],
+                        }));
+                        match f {
+                            Some(f) => Err(f),
+                            None => Ok(()),
+                        }
+                    }
+                    Err(e) => {
+                        fatal = Some(e.context(format!("case {name}")));
+                        Ok(())
+                    }
+                }
+            },
+            |p| {
+                sink.emit(Event::Progress {
+                    what: "campaign".into(),
+                    detail: format!(
+                        "{} case(s) run, {} violation(s){}",
+                        p.cases_run,
+                        p.violations,
+                        if p.shrinking { ", shrinking" } else { "" }
+                    ),
+                })
+            },
+        );
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        let mut report = serde_json::json!({
+            "command": "campaign",
+            "base": base.scenario.name,
+            "kernel": a.machine.kernel,
+            "seed": a.seed,
+            "cases_run": out.cases_run,
+            "violations": out.violations,
+            "vm_per_case": true,
+            "cases": log,
+            "wall_ms": t0.elapsed().as_millis() as u64,
+        });
+        if let Some(why) = &out.aborted {
+            report["aborted"] = serde_json::json!(why);
+        }
+        let code = match &out.found {
+            None => {
+                println!(
+                    "campaign {} on {}: {} case(s), no violation (seed {})",
+                    base.scenario.name, a.machine.kernel, out.cases_run, a.seed
+                );
+                0
+            }
+            Some(found) => {
+                let name = regression_name(&base.scenario.name, a.seed);
+                let path = write_regression(
+                    &a.regressions,
+                    &name,
+                    &base,
+                    found,
+                    a.seed,
+                    &a.machine.kernel,
+                )
+                .with_context(|| {
+                    format!("writing the regression into {}", a.regressions.display())
+                })?;
+                println!(
+                    "campaign {} on {}: VIOLATION of {} after {} case(s)\n  {}",
+                    base.scenario.name,
+                    a.machine.kernel,
+                    found.failure.invariant,
+                    out.cases_run,
+                    found.failure.detail
+                );
+                println!("  minimal schedule ({} ops):", found.minimal.ops.len());
+                for (i, op) in found.minimal.ops.iter().enumerate() {
+                    println!("    {i:02}: {}", op.describe());
+                }
+                println!(
+                    "  written to {}; replay: netmem-lab scenario --file {} --kernel {}",
+                    path.display(),
+                    path.display(),
+                    a.machine.kernel
+                );
+                report["found"] = serde_json::json!({
+                    "invariant": found.failure.invariant,
+                    "detail": found.failure.detail,
+                    "original_ops": found.original.ops.iter().map(|o| o.describe()).collect::<Vec<_>>(),
+                    "minimal_ops": found.minimal.ops.iter().map(|o| o.describe()).collect::<Vec<_>>(),
+                    "regression": path,
+                });
+                1
+            }
+        };
+        report["exit_code"] = serde_json::json!(code);
+        write_json(&a.json, &report)?;
+        Ok(code)
     })();
     res.unwrap_or_else(|e| report_error(&e))
 }

@@ -34,6 +34,9 @@ enum Command {
     Scenario(cmd::ScenarioArgs),
     /// Every scenario on every kernel: a table of verdicts.
     Matrix(cmd::MatrixArgs),
+    /// Property-based fault schedules around a scenario; a violation is
+    /// shrunk and saved as a replayable scenario file.
+    Campaign(cmd::CampaignArgs),
     /// Boot a kernel to the guest agent, print its hello, power off.
     Boot(cmd::BootArgs),
     /// Measure against QEMU on the same kernel and engine.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Boot(a) => cmd::boot(a),
         Command::Scenario(a) => cmd::scenario(a),
         Command::Matrix(a) => cmd::matrix(a),
+        Command::Campaign(a) => cmd::campaign(a),
         Command::Bench { what } => cmd::bench(what),
         Command::Agent { port } => cmd::agent(&port),
         Command::L1Job { job } => cmd::l1_job(&job),
