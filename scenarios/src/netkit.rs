@@ -72,6 +72,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::ethtool::nl::{self, Attrs, Genl, NlError};
+// The netdev family facts both tool sets use live in crate::devmem.
+pub use crate::devmem::{
+    NETDEV_A_QUEUE_ID, NETDEV_A_QUEUE_TYPE, NETDEV_FAMILY_NAME, NETDEV_FAMILY_VERSION,
+    NETDEV_QUEUE_TYPE_RX,
+};
 use crate::guest_tools::{NETNS_DIR, NetnsSetup, enter_netns, ifindex, netns_add_in, netns_setup};
 
 /// The tool names [`main`] dispatches.
@@ -159,20 +164,12 @@ pub const RT_SCOPE_LINK: u8 = 253;
 /// `RTN_UNICAST` (include/uapi/linux/rtnetlink.h).
 pub const RTN_UNICAST: u8 = 1;
 
-/// `NETDEV_FAMILY_NAME` (include/uapi/linux/netdev.h).
-pub const NETDEV_FAMILY_NAME: &str = "netdev";
-/// `NETDEV_FAMILY_VERSION` (include/uapi/linux/netdev.h).
-pub const NETDEV_FAMILY_VERSION: u8 = 1;
 /// `NETDEV_CMD_QUEUE_GET` (include/uapi/linux/netdev.h).
 pub const NETDEV_CMD_QUEUE_GET: u8 = 10;
 /// `NETDEV_CMD_QUEUE_CREATE` (include/uapi/linux/netdev.h).
 pub const NETDEV_CMD_QUEUE_CREATE: u8 = 16;
-/// `NETDEV_A_QUEUE_ID` (include/uapi/linux/netdev.h).
-pub const NETDEV_A_QUEUE_ID: u16 = 1;
 /// `NETDEV_A_QUEUE_IFINDEX` (include/uapi/linux/netdev.h).
 pub const NETDEV_A_QUEUE_IFINDEX: u16 = 2;
-/// `NETDEV_A_QUEUE_TYPE` (include/uapi/linux/netdev.h).
-pub const NETDEV_A_QUEUE_TYPE: u16 = 3;
 /// `NETDEV_A_QUEUE_NAPI_ID` (include/uapi/linux/netdev.h).
 pub const NETDEV_A_QUEUE_NAPI_ID: u16 = 4;
 /// `NETDEV_A_QUEUE_DMABUF` (include/uapi/linux/netdev.h).
@@ -189,8 +186,6 @@ pub const NETDEV_A_LEASE_IFINDEX: u16 = 1;
 pub const NETDEV_A_LEASE_QUEUE: u16 = 2;
 /// `NETDEV_A_LEASE_NETNS_ID` (include/uapi/linux/netdev.h), s32.
 pub const NETDEV_A_LEASE_NETNS_ID: u16 = 3;
-/// `NETDEV_QUEUE_TYPE_RX` (include/uapi/linux/netdev.h).
-pub const NETDEV_QUEUE_TYPE_RX: u32 = 0;
 /// `NETDEV_QUEUE_TYPE_TX` (include/uapi/linux/netdev.h).
 pub const NETDEV_QUEUE_TYPE_TX: u32 = 1;
 
