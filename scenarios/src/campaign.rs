@@ -816,17 +816,16 @@ pub fn regression_name(base: &str, seed: u64) -> String {
     format!("{base}-seed{seed}")
 }
 
-/// Writes the minimal case as `dir/<name>.toml` (a scenario file anyone can
-/// replay with `netmem-lab scenario --file`), with a header naming the
-/// violated invariant and how it was found. Returns the path.
-pub fn write_regression(
-    dir: &Path,
+/// The regression file's text: the minimal case as a scenario (what
+/// `netmem-lab scenario --file` replays) with a header naming the violated
+/// invariant and how it was found.
+pub fn regression_text(
     name: &str,
     base: &CampaignBase,
     found: &Found,
     seed: u64,
     kernel: &str,
-) -> std::io::Result<PathBuf> {
+) -> Result<String, String> {
     let scn = found.minimal.to_scenario(
         base,
         name,
@@ -837,7 +836,7 @@ pub fn write_regression(
             base.scenario.name
         ),
     );
-    let body = toml::to_string(&scn).map_err(std::io::Error::other)?;
+    let body = toml::to_string(&scn).map_err(|e| e.to_string())?;
     let mut text = format!(
         "# Found by `netmem-lab campaign --scenario {} --seed {seed} --kernel {kernel}`.\n# Violated invariant: {}\n# {}\n# Minimal schedule:\n",
         base.scenario.name,
@@ -849,10 +848,34 @@ pub fn write_regression(
     }
     text.push('\n');
     text.push_str(&body);
+    Ok(text)
+}
+
+/// Writes [`regression_text`] as `dir/<name>.toml`. Returns the path.
+pub fn write_regression(
+    dir: &Path,
+    name: &str,
+    base: &CampaignBase,
+    found: &Found,
+    seed: u64,
+    kernel: &str,
+) -> std::io::Result<PathBuf> {
+    let text = regression_text(name, base, found, seed, kernel).map_err(std::io::Error::other)?;
+    write_regression_text(dir, name, &text)
+}
+
+/// Writes a regression's text as `dir/<name>.toml`. Returns the path.
+pub fn write_regression_text(dir: &Path, name: &str, text: &str) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// Placeholder until the NIC fault counters are merged: wire counters only.
+pub fn injected_fault_counts(nics: &serde_json::Value) -> BTreeMap<String, u64> {
+    let _ = nics;
+    BTreeMap::new()
 }
 
 #[cfg(test)]

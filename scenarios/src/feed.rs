@@ -3,13 +3,14 @@
 //! long transfer), and the step runner marks step boundaries and hands over
 //! the facts each step's guest tools printed.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
-use vmm::iommu::Audit;
+use vmm::iommu::{Audit, AuditEvent, AuditRecord};
 
 use crate::steps::{StepObserver, StepResult};
 use crate::verify::{Verifier, VerifyReport};
@@ -21,9 +22,67 @@ const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// Records taken per ring lock (keeps the devices' DMA path unblocked).
 const DRAIN_BATCH: usize = 1 << 15;
 
+/// The IOMMU state the trail has built so far (live mappings, attachments),
+/// kept across the scenarios of one booted VM: a scenario's verifier starts
+/// from it instead of from the boot's records.
+#[derive(Debug, Clone, Default)]
+pub struct IommuShadow {
+    /// (domain, iova) → (seq, gpa, size) of every live mapping.
+    pub maps: BTreeMap<(u32, u64), (u64, u64, u64)>,
+    /// endpoint → (seq, domain; None: detached or bypass).
+    pub attach: BTreeMap<u16, (u64, Option<u32>)>,
+}
+
+impl IommuShadow {
+    fn ingest(&mut self, records: &[AuditRecord]) {
+        for r in records {
+            match &r.event {
+                AuditEvent::Map(m) => {
+                    self.maps.insert((m.domain, m.iova), (r.seq, m.gpa, m.size));
+                }
+                AuditEvent::Unmap(m) => {
+                    if self.maps.remove(&(m.domain, m.iova)).is_none() {
+                        // A range unmap: every mapping inside it goes.
+                        let end = m.iova.saturating_add(m.size);
+                        let inside: Vec<_> = self
+                            .maps
+                            .range((m.domain, m.iova)..(m.domain, end))
+                            .map(|(k, _)| *k)
+                            .collect();
+                        for k in inside {
+                            self.maps.remove(&k);
+                        }
+                    }
+                }
+                AuditEvent::Attach {
+                    endpoint,
+                    domain,
+                    bypass,
+                } => {
+                    self.attach
+                        .insert(*endpoint, (r.seq, (!bypass).then_some(*domain)));
+                }
+                AuditEvent::Detach { endpoint, .. } => {
+                    self.attach.insert(*endpoint, (r.seq, None));
+                }
+                AuditEvent::Dma(_) | AuditEvent::Bypass { .. } => {}
+            }
+        }
+    }
+}
+
+/// Where one scenario's feed ended: the next scenario on the same machine
+/// starts there.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    pub cursor: u64,
+    pub shadow: IommuShadow,
+}
+
 struct State {
     verifier: Verifier,
     cursor: u64,
+    shadow: IommuShadow,
     /// Facts or payloads the verifier refused (a tool bug): kept for the report.
     errors: Vec<String>,
 }
@@ -44,6 +103,7 @@ fn drain(audit: &Audit, st: &mut State) {
     loop {
         let b = audit.drain_since_limit(st.cursor, DRAIN_BATCH);
         let n = b.records.len();
+        st.shadow.ingest(&b.records);
         st.verifier.ingest_batch(&b);
         st.cursor = b.next;
         if n < DRAIN_BATCH {
@@ -57,9 +117,24 @@ impl VerifierFeed {
     /// IOMMU attachments made while the guest booted say which domain is
     /// whose.
     pub fn start(audit: Arc<Audit>, verifier: Verifier) -> VerifierFeed {
+        Self::resume(audit, verifier, Resume::default())
+    }
+
+    /// Starts where an earlier feed on the same audit ended: `verifier`
+    /// first learns the IOMMU state then (live mappings, attachments), then
+    /// gets the trail from that point on.
+    pub fn resume(audit: Arc<Audit>, mut verifier: Verifier, from: Resume) -> VerifierFeed {
+        verifier.prime(
+            from.shadow
+                .maps
+                .iter()
+                .map(|(&(domain, iova), &(seq, gpa, size))| (seq, domain, iova, gpa, size)),
+            from.shadow.attach.iter().map(|(&e, &(seq, d))| (seq, e, d)),
+        );
         let state = Arc::new(Mutex::new(State {
             verifier,
-            cursor: 0,
+            cursor: from.cursor,
+            shadow: from.shadow,
             errors: Vec::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -84,11 +159,22 @@ impl VerifierFeed {
     }
 
     /// Stops the thread, takes the rest of the trail and judges it.
-    pub fn finish(mut self) -> (VerifyReport, Vec<String>) {
+    pub fn finish(self) -> (VerifyReport, Vec<String>) {
+        let (v, e, _) = self.finish_resumable();
+        (v, e)
+    }
+
+    /// [`finish`](Self::finish), plus where a next feed on the same audit
+    /// starts.
+    pub fn finish_resumable(mut self) -> (VerifyReport, Vec<String>, Resume) {
         self.stop_thread();
         let mut st = lock(&self.state);
         drain(&self.audit, &mut st);
-        (st.verifier.finish(), st.errors.clone())
+        let resume = Resume {
+            cursor: st.cursor,
+            shadow: std::mem::take(&mut st.shadow),
+        };
+        (st.verifier.finish(), st.errors.clone(), resume)
     }
 
     fn stop_thread(&mut self) {
@@ -232,5 +318,85 @@ mod tests {
         f.step_ended("t", &r);
         let (rep, _) = f.finish();
         assert!(rep.ok(), "{:?}", rep.failed());
+    }
+
+    /// A scenario on a machine that ran another before: its verifier
+    /// starts from the IOMMU state the earlier trail built (attachments and
+    /// mappings made before it), so it still resolves bindings and catches
+    /// a stray device reading the dmabuf through an old mapping.
+    #[test]
+    fn a_resumed_feed_knows_earlier_attachments_and_mappings() {
+        use vmm::iommu::{DmaAccess, GpaRanges, MapEvent};
+        let audit = Arc::new(Audit::new(Default::default()));
+        let nics = BTreeMap::from([(0x20u16, "nic0".to_string()), (0x28, "nic1".to_string())]);
+        let map = |domain, iova, gpa| {
+            AuditEvent::Map(MapEvent {
+                domain,
+                iova,
+                gpa,
+                size: 0x1000,
+                flags: 3,
+            })
+        };
+        audit.record(AuditEvent::Attach {
+            endpoint: 0x20,
+            domain: 1,
+            bypass: false,
+        });
+        audit.record(AuditEvent::Attach {
+            endpoint: 0x28,
+            domain: 2,
+            bypass: false,
+        });
+        // The first scenario: nic1 gets an RX buffer mapping that stays.
+        let mut f = VerifierFeed::start(audit.clone(), Verifier::new(nics.clone()));
+        f.step_started("a");
+        audit.record(map(2, 0x5000, 0x10_0000));
+        audit.record(map(2, 0x6000, 0x20_0000));
+        audit.record(AuditEvent::Unmap(MapEvent {
+            domain: 2,
+            iova: 0x6000,
+            gpa: 0x20_0000,
+            size: 0x1000,
+            flags: 3,
+        }));
+        f.step_ended("a", &result(json!({})));
+        let (r1, _, resume) = f.finish_resumable();
+        assert!(r1.ok(), "{:?}", r1.failed());
+        assert_eq!(resume.shadow.maps.len(), 1);
+        assert_eq!(resume.shadow.attach.len(), 2);
+        // The second: a dmabuf page bound on nic0, which nic1 reads through
+        // the mapping it kept from the first scenario.
+        let mut f = VerifierFeed::resume(audit.clone(), Verifier::new(nics), resume);
+        f.step_started("tx");
+        audit.record(map(1, 0x9000, 0x10_0000));
+        for (device, iova, domain) in [(0x20u16, 0x9000u64, 1u32), (0x28, 0x5000, 2)] {
+            audit.record(AuditEvent::Dma(DmaAccess {
+                device,
+                iova,
+                len: 64,
+                access: vmm::dma::Access::Read,
+                tag: "tx-payload",
+                gpa: GpaRanges::from_slice(&[(0x10_0000, 64)]),
+                domain: Some(domain),
+                fault: None,
+            }));
+        }
+        f.step_ended(
+            "tx",
+            &result(json!({"tx": {"facts": {
+                "dmabufs": [{"name": "tx", "size": 4096, "pages": [[0x10_0000, 1]]}],
+                "bindings": [{"id": 1, "dir": "tx", "dmabuf": "tx", "ifname": "eth0",
+                              "ifindex": 2, "netns": "", "used": true, "unbound": false}],
+            }}})),
+        );
+        let (r2, errors) = f.finish();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(r2.bindings[0].resolved_nic.as_deref(), Some("nic0"));
+        assert!(
+            r2.failed().contains(&crate::verify::NO_STRAY_DMA),
+            "{:?}",
+            r2.failed()
+        );
     }
 }

@@ -55,6 +55,7 @@ pub const TOOLS: &[&str] = &[
     "devmem-rx",
     "bind-tx",
     "bind-rx",
+    "lab-reset",
 ];
 
 // ---------------------------------------------------------------- pattern
@@ -621,6 +622,13 @@ pub mod rtnl {
             self.request("link set netns", m)
         }
 
+        /// Deletes link `index` (virtual links only: a device without
+        /// rtnl_link_ops answers EOPNOTSUPP, net/core/rtnetlink.c rtnl_dellink).
+        pub fn link_del(&mut self, index: i32) -> Result<(), NlError> {
+            let m = Msg::new(libc::RTM_DELLINK, 0, &ifinfomsg(index, 0, 0));
+            self.request("link del", m)
+        }
+
         /// Sets link `index` up.
         pub fn link_set_up(&mut self, index: i32) -> Result<(), NlError> {
             let up = libc::IFF_UP as u32;
@@ -1063,6 +1071,7 @@ pub fn main(tool: &str, args: &[String]) -> i32 {
             }
         }
         "ethtool" => crate::ethtool::main(args),
+        "lab-reset" => crate::reset::main(args),
         t if crate::netkit::TOOLS.contains(&t) => crate::netkit::main(t, args),
         "devmem-tx" | "devmem-rx" | "bind-tx" | "bind-rx" => crate::devmem::main(tool, args),
         _ => usage(tool, format!("unknown tool (known: {})", TOOLS.join(", "))),

@@ -37,6 +37,18 @@ pub enum JobCommand {
     },
     /// Run a data-driven scenario (its TOML travels with the job).
     Scenario { toml: String, origin: String },
+    /// Run scenarios one after another, sharing a booted machine between
+    /// consecutive ones whose topologies allow it (guest reset between).
+    Batch {
+        items: Vec<crate::session::BatchItem>,
+    },
+    /// A property-based fault campaign around a base scenario, all cases
+    /// on one booted machine.
+    Campaign {
+        toml: String,
+        origin: String,
+        config: CampaignJob,
+    },
     /// Boot `runs` times with our VMM and with QEMU; report boot-to-agent medians.
     BenchBoot {
         runs: u32,
@@ -49,6 +61,17 @@ pub enum JobCommand {
         bytes: u64,
         qemu: crate::qemu::QemuInstall,
     },
+}
+
+/// The knobs of a campaign job (see `scenarios::campaign::CampaignConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CampaignJob {
+    pub cases: u32,
+    pub seed: u64,
+    pub max_ops: usize,
+    pub shrink_iters: u32,
+    /// Name of the regression (file stem) if a violation is found.
+    pub regression_name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

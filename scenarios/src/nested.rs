@@ -484,25 +484,72 @@ fn extract_pcaps(disk: &Path, dir: &Path) -> Result<usize, String> {
 }
 
 fn job_boots(job: &Job) -> u64 {
-    match job.command {
-        crate::job::JobCommand::BenchBoot { runs, .. } => 2 * u64::from(runs.max(1)),
+    match &job.command {
+        crate::job::JobCommand::BenchBoot { runs, .. } => 2 * u64::from((*runs).max(1)),
         crate::job::JobCommand::BenchNet { .. } => 2,
+        // A machine per topology change, and fresh machines for retries.
+        crate::job::JobCommand::Batch { items } => {
+            let mut shapes = 0u64;
+            let mut last = None;
+            for it in items {
+                let s = crate::scenario::Scenario::parse(&it.toml, &it.origin)
+                    .map(|s| crate::session::shape(&s.topology_spec()))
+                    .ok();
+                if s != last {
+                    shapes += 1;
+                    last = s;
+                }
+            }
+            shapes + 2
+        }
+        crate::job::JobCommand::Campaign { .. } => 3,
         _ => 1,
     }
+}
+
+/// What a guest reset between two scenarios may take, at most.
+const RESET_ALLOWANCE_S: u64 = 90;
+
+/// A scenario's step timeouts, summed.
+fn scenario_work_s(toml: &str, origin: &str) -> u64 {
+    crate::scenario::Scenario::parse(toml, origin)
+        .map(|s| {
+            s.steps
+                .iter()
+                .map(|st| st.timeout_s.unwrap_or_else(|| st.kind.default_timeout_s()))
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Upper bound of a job's own work after boot: a scenario's step timeouts.
 fn job_work_s(job: &Job) -> u64 {
     match &job.command {
-        crate::job::JobCommand::Scenario { toml, origin } => {
-            crate::scenario::Scenario::parse(toml, origin)
-                .map(|s| {
-                    s.steps
-                        .iter()
-                        .map(|st| st.timeout_s.unwrap_or_else(|| st.kind.default_timeout_s()))
-                        .sum()
+        crate::job::JobCommand::Scenario { toml, origin } => scenario_work_s(toml, origin),
+        crate::job::JobCommand::Batch { items } => items
+            .iter()
+            .map(|it| scenario_work_s(&it.toml, &it.origin) + RESET_ALLOWANCE_S)
+            .sum(),
+        crate::job::JobCommand::Campaign {
+            toml,
+            origin,
+            config,
+        } => {
+            // Every case is the base's setup plus at most max_ops steps,
+            // none longer than the base's transfer.
+            let per_case = crate::scenario::Scenario::parse(toml, origin)
+                .ok()
+                .and_then(|s| {
+                    let b = crate::campaign::CampaignBase::new(&s).ok()?;
+                    let step_s = |st: &crate::scenario::Step| {
+                        st.timeout_s.unwrap_or_else(|| st.kind.default_timeout_s())
+                    };
+                    let setup: u64 = b.setup.iter().map(step_s).sum();
+                    Some(setup + config.max_ops as u64 * step_s(&b.transfer).max(60))
                 })
-                .unwrap_or(0)
+                .unwrap_or(600);
+            let cases = u64::from(config.cases) + u64::from(config.shrink_iters) + 1;
+            cases * (per_case + RESET_ALLOWANCE_S)
         }
         // Three series of transfers, at the slowest rate seen nested (1 Mbit/s).
         crate::job::JobCommand::BenchNet { runs, bytes, .. } => {

@@ -239,6 +239,14 @@ pub fn run_local(job: &Job, sink: Arc<dyn EventSink>, engine: &str) -> Outcome {
         JobCommand::Scenario { toml, origin } => {
             run_scenario(job, toml, origin, sink.clone(), t0, engine)
         }
+        JobCommand::Batch { items } => {
+            crate::session::run_batch(job, items, sink.clone(), t0, engine)
+        }
+        JobCommand::Campaign {
+            toml,
+            origin,
+            config,
+        } => crate::session::run_campaign_job(job, toml, origin, config, sink.clone(), t0, engine),
         JobCommand::BenchBoot { runs, qemu } => {
             run_bench_boot(job, *runs, qemu, sink.clone(), t0, engine)
         }
@@ -279,6 +287,8 @@ fn command_name(c: &JobCommand) -> &'static str {
     match c {
         JobCommand::Boot { .. } => "boot",
         JobCommand::Scenario { .. } => "scenario",
+        JobCommand::Batch { .. } => "batch",
+        JobCommand::Campaign { .. } => "campaign",
         JobCommand::BenchBoot { .. } => "bench-boot",
         JobCommand::BenchNet { .. } => "bench-net",
     }
@@ -650,118 +660,17 @@ fn run_scenario(
         message: e.to_string(),
         console_tail: vec![],
     })?;
-    let mut b = boot(job, sink.clone(), t0)?;
-    let release = b
-        .agent
-        .hello()
-        .map(|h| h.release)
-        .unwrap_or_else(|_| job.kernel_release.clone());
-    let nic_map = b
-        .topology
-        .as_ref()
-        .map(|t| t.bdfs.clone())
-        .unwrap_or_default();
-    // The verifier watches every DMA of the run from here on.
-    let mut feed = crate::feed::VerifierFeed::start(
-        b.machine.devices().audit().clone(),
-        crate::verify::Verifier::from_bdfs(&nic_map),
-    );
-    // `wire` steps act on the machine's wires.
-    let mut no_host = crate::steps::NoHost;
-    let mut topo_host = b.topology.as_ref();
-    let host: &mut dyn crate::steps::HostControl = match &mut topo_host {
-        Some(t) => t,
-        None => &mut no_host,
-    };
-    let mut outcome = crate::steps::run_scenario_steps_host(
-        &crate::steps::RunnerConfig::default(),
-        &scn,
-        &job.kernel_spec,
-        &nic_map,
-        &mut b.agent,
-        host,
-        &*sink,
-        &mut feed,
-    );
-    // A step that failed because the machine itself ended under it: name
-    // that, not the agent's silence that followed.
-    if let (Some(e), Some(r)) = (&outcome.error, b.machine.exit_reason()) {
-        let panicked = b
-            .machine
-            .console_tail()
-            .iter()
-            .any(|l| l.contains("Kernel panic") || l.contains("BUG:") || l.contains("Oops"));
-        outcome.error = Some(format!(
-            "{}: {}{} (while: {e})",
-            ENDED_MID_RUN,
-            describe_exit(&r),
-            if panicked {
-                "; the guest kernel oopsed first, see its console"
-            } else {
-                ""
-            }
-        ));
-    }
-    let vcpus_at_error = outcome
-        .error
-        .as_ref()
-        .map(|_| vcpu_state(&b.machine, &*sink));
-    let dma = crate::report::DmaSummary::from_report(&b.machine.dma_report()).ok();
-    let nics = b.topology.as_ref().map(|t| t.stats());
-    let exit = power_off(&mut b);
-    step(&*sink, t0, "VM ended", describe_exit(&exit));
-    let (verdict, fact_errors) = feed.finish();
-    if outcome.error.is_none() {
-        let m = scn
-            .expectation(&job.kernel_spec)
-            .check_bindings(&verdict.bindings);
-        if !m.is_empty() {
-            outcome.mismatches.extend(m);
-            outcome.verdict = crate::steps::Verdict::Fail;
-        }
-    }
-    for e in &fact_errors {
-        sink.emit(Event::Log {
-            level: "warn".into(),
-            message: format!("verifier: a tool's facts were refused: {e}"),
-        });
-    }
-    let report = crate::report::build_report(
-        &outcome,
-        crate::report::KernelInfo {
-            spec: job.kernel_spec.clone(),
-            release,
-        },
-        engine,
-        crate::report::Timing {
-            boot_to_agent: b.boot_to_agent.as_millis() as u64,
-            total: t0.elapsed().as_millis() as u64,
-        },
-        dma,
-        Some(&verdict),
-    );
-    let mut json = report.to_json();
-    json["nics"] = json!(nics);
-    if !fact_errors.is_empty() {
-        json["verifier_fact_errors"] = json!(fact_errors);
-    }
-    if let Some(v) = vcpus_at_error {
-        json["vcpus_at_error"] = v;
-    }
-    json["junit"] = json!(report.junit());
-    let mut summary = Vec::new();
-    let _ = report.print_summary(&mut summary);
-    json["summary"] = json!(String::from_utf8_lossy(&summary));
-    let code = report.verdict.exit_code();
-    Ok(Outcome {
-        exit_code: code,
-        report: json,
-    })
+    let mut s = crate::session::Session::open(job, &job.machine.topology, false, sink.clone(), t0)?;
+    let out = s.run(&scn, &job.kernel_spec, engine, sink.clone());
+    s.close(&*sink, t0);
+    let mut out = out?;
+    out.report["timing_ms"]["total"] = json!(t0.elapsed().as_millis() as u64);
+    Ok(out)
 }
 
 /// The vCPUs' state of a guest the lab gave up on (an agent that stopped
 /// answering): logged, and returned for the report.
-fn vcpu_state(m: &vmm::machine::Machine, sink: &dyn EventSink) -> serde_json::Value {
+pub fn vcpu_state(m: &vmm::machine::Machine, sink: &dyn EventSink) -> serde_json::Value {
     if let Some(r) = m.exit_reason() {
         // Nothing to sample: the machine ended under the steps.
         let tail = m.console_tail();

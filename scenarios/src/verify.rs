@@ -417,6 +417,31 @@ impl Verifier {
         }
     }
 
+    /// The IOMMU state before the first record this verifier will see (a
+    /// scenario on a machine that ran others before): live mappings as
+    /// `(seq, domain, iova, gpa, size)` and attachments as `(seq, endpoint,
+    /// domain; None: detached)`, each with the sequence number of the
+    /// record that made it.
+    pub fn prime(
+        &mut self,
+        maps: impl Iterator<Item = (u64, u32, u64, u64, u64)>,
+        attach: impl Iterator<Item = (u64, u16, Option<u32>)>,
+    ) {
+        for (seq, domain, iova, gpa, size) in maps {
+            self.maps.push(MapEv {
+                seq,
+                domain,
+                iova,
+                gpa,
+                size,
+                unmap: false,
+            });
+        }
+        self.maps.sort_by_key(|m| m.seq);
+        self.attach.extend(attach);
+        self.attach.sort_by_key(|a| a.0);
+    }
+
     /// Step `name` starts; `seq` is the audit's next sequence number then.
     pub fn step_started(&mut self, name: &str, seq: u64) {
         self.steps.push(StepMark {

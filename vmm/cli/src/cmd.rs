@@ -679,42 +679,99 @@ pub fn matrix(a: MatrixArgs) -> i32 {
         } else {
             a.scenarios.clone()
         };
-        let mut rows = Vec::new();
-        let mut worst = 0;
-        let mut junit = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n");
+        let mut parsed = Vec::new();
         for name in &names {
             let toml = catalog_toml(name)?;
             let scn =
                 scenarios::scenario::Scenario::parse(&toml, name).map_err(|e| anyhow!("{e}"))?;
-            for k in &a.kernels {
-                if scenarios::run::CANCEL.load(Ordering::SeqCst) {
-                    return Err(anyhow!("interrupted"));
+            parsed.push((name.clone(), toml, scn));
+        }
+        // (scenario, kernel) → row.
+        let mut rows: std::collections::BTreeMap<(String, String), serde_json::Value> =
+            Default::default();
+        let mut worst = 0;
+        let mut junit = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n");
+        let mut vms = serde_json::Map::new();
+        for k in &a.kernels {
+            if scenarios::run::CANCEL.load(Ordering::SeqCst) {
+                return Err(anyhow!("interrupted"));
+            }
+            // Scenarios of one topology next to each other: one machine each.
+            let mut todo: Vec<&(String, String, scenarios::scenario::Scenario)> = Vec::new();
+            for p in &parsed {
+                if p.2.applies_to(k) {
+                    todo.push(p);
+                } else {
+                    rows.insert(
+                        (p.0.clone(), k.clone()),
+                        serde_json::json!({"scenario": p.0, "kernel": k,
+                            "verdict": "n/a", "exit_code": 0, "ms": 0}),
+                    );
                 }
-                if !scn.applies_to(k) {
-                    rows.push(serde_json::json!({"scenario": name, "kernel": k,
-                        "verdict": "n/a", "exit_code": 0, "ms": 0}));
-                    continue;
-                }
-                let started = std::time::Instant::now();
-                let mut m = a.machine.clone();
-                m.kernel = k.clone();
-                sink.emit(Event::Step {
-                    name: format!("matrix: {name} on {k}"),
-                    elapsed_ms: t0.elapsed().as_millis() as u64,
-                    detail: "starting".into(),
+            }
+            let shapes: Vec<_> = todo
+                .iter()
+                .map(|p| scenarios::session::shape(&p.2.topology_spec()))
+                .collect();
+            let mut order: Vec<usize> = (0..todo.len()).collect();
+            order.sort_by_key(|&i| shapes.iter().position(|s| *s == shapes[i]).unwrap_or(i));
+            let todo: Vec<_> = order.into_iter().map(|i| todo[i]).collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let mut m = a.machine.clone();
+            m.kernel = k.clone();
+            sink.emit(Event::Step {
+                name: format!("matrix: {} scenario(s) on {k}", todo.len()),
+                elapsed_ms: t0.elapsed().as_millis() as u64,
+                detail: todo
+                    .iter()
+                    .map(|p| p.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+            let items = todo
+                .iter()
+                .map(|p| scenarios::session::BatchItem {
+                    toml: p.1.clone(),
+                    origin: p.0.clone(),
+                })
+                .collect();
+            let out = prepare(&m, JobCommand::Batch { items }, &*sink)
+                .and_then(|p| execute(&p, sink.clone()).map(|o| (o, p.engine.to_string())));
+            let (out, engine) = match out {
+                Ok(x) => x,
+                Err(e) => (
+                    scenarios::run::Outcome {
+                        exit_code: EXIT_LAB_ERROR,
+                        report: serde_json::json!({"verdict": "error", "error": format!("{e:#}")}),
+                    },
+                    String::new(),
+                ),
+            };
+            vms.insert(
+                k.clone(),
+                serde_json::json!({
+                    "vms_booted": out.report["vms_booted"],
+                    "reset_ms": out.report["reset_ms"],
+                    "machines_replaced": out.report["machines_replaced"],
+                    "engine_retries": out.report.get("engine_retries"),
+                }),
+            );
+            let runs = out.report["runs"].as_array().cloned().unwrap_or_default();
+            for (i, p) in todo.iter().enumerate() {
+                let mut report = runs.get(i).cloned().unwrap_or_else(|| {
+                    // The whole job failed (the engine, the L1): each of its
+                    // scenarios says so.
+                    serde_json::json!({"verdict": "error",
+                        "error": out.report["error"].as_str().unwrap_or("the batch job ended without this scenario's report"),
+                        "exit_code": out.exit_code.max(EXIT_LAB_ERROR)})
                 });
-                let (code, report, x) =
-                    match run_scenario_toml(&m, &toml, name, &[], &None, sink.clone()) {
-                        Ok(r) => (r.exit_code, r.report, r.junit),
-                        Err(e) => (
-                            EXIT_LAB_ERROR,
-                            serde_json::json!({"verdict": "error", "error": format!("{e:#}")}),
-                            None,
-                        ),
-                    };
+                let code = report["exit_code"]
+                    .as_i64()
+                    .unwrap_or(i64::from(EXIT_LAB_ERROR)) as i32;
                 worst = worst.max(code);
-                let ms = started.elapsed().as_millis() as u64;
-                if let Some(x) = x {
+                if let Some(x) = report.get("junit").and_then(|j| j.as_str()) {
                     // Keep the testsuites of each run's own XML.
                     for l in x
                         .lines()
@@ -724,11 +781,27 @@ pub fn matrix(a: MatrixArgs) -> i32 {
                         junit.push('\n');
                     }
                 }
-                rows.push(serde_json::json!({"scenario": name, "kernel": k,
-                    "verdict": report["verdict"], "exit_code": code, "ms": ms,
-                    "error": report.get("error"), "report": report}));
+                let ms = report["ms"].as_u64().unwrap_or(0);
+                if let Some(o) = report.as_object_mut() {
+                    o.remove("junit");
+                    o.remove("summary");
+                }
+                if !engine.is_empty() {
+                    report["engine"] = serde_json::json!(engine);
+                }
+                rows.insert(
+                    (p.0.clone(), k.clone()),
+                    serde_json::json!({"scenario": p.0, "kernel": k,
+                        "verdict": report["verdict"], "exit_code": code, "ms": ms,
+                        "error": report.get("error"), "report": report}),
+                );
             }
         }
+        let rows: Vec<serde_json::Value> = names
+            .iter()
+            .flat_map(|n| a.kernels.iter().map(move |k| (n.clone(), k.clone())))
+            .filter_map(|key| rows.remove(&key))
+            .collect();
         junit.push_str("</testsuites>\n");
         println!(
             "{:<24} {:<10} {:<14} {:>8}",
@@ -751,7 +824,7 @@ pub fn matrix(a: MatrixArgs) -> i32 {
         println!("wall time {:.0} s; exit {worst}", total_ms as f64 / 1000.0);
         write_json(
             &a.json,
-            &serde_json::json!({"kernels": a.kernels, "runs": rows, "wall_ms": total_ms, "exit_code": worst}),
+            &serde_json::json!({"kernels": a.kernels, "runs": rows, "machines": vms, "wall_ms": total_ms, "exit_code": worst}),
         )?;
         if let Some(p) = &a.junit {
             std::fs::write(p, &junit).with_context(|| format!("writing {}", p.display()))?;
@@ -792,6 +865,40 @@ pub struct CampaignArgs {
     /// Print the cases the seed draws (scenario TOML) without running them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Switch on a test-only device fault in the base scenario's topology
+    /// (`NIC=FAULT` or `FAULT` for its first NIC, e.g. `dma-foreign-iova`):
+    /// every case runs with it, and a regression file keeps it.
+    #[arg(long = "nic-fault", value_name = "[NIC=]FAULT")]
+    pub nic_fault: Vec<String>,
+}
+
+/// `--nic-fault` values into a scenario's own topology (so a file written
+/// from it keeps them).
+fn scenario_nic_faults(scn: &mut scenarios::scenario::Scenario, faults: &[String]) -> Result<()> {
+    for f in faults {
+        let (nic, fault) = match f.split_once('=') {
+            Some((n, x)) => (n.to_string(), x),
+            None => (
+                scn.topology
+                    .nics
+                    .first()
+                    .map(|n| n.name.clone())
+                    .ok_or_else(|| anyhow!("--nic-fault {f:?}: the scenario has no NIC"))?,
+                f.as_str(),
+            ),
+        };
+        let fault: sim_nic::NicFault = fault
+            .parse()
+            .map_err(|e| anyhow!("--nic-fault {f:?}: {e}"))?;
+        let n = scn
+            .topology
+            .nics
+            .iter_mut()
+            .find(|n| n.name == nic)
+            .ok_or_else(|| anyhow!("--nic-fault {f:?}: no NIC {nic:?} in the scenario"))?;
+        n.faults.push(fault);
+    }
+    Ok(())
 }
 
 /// `netmem-lab campaign`: property-based fault schedules around a base
@@ -800,12 +907,11 @@ pub struct CampaignArgs {
 /// written), 2: the lab could not run the campaign.
 pub fn campaign(a: CampaignArgs) -> i32 {
     use scenarios::campaign::{
-        CampaignBase, CampaignConfig, CaseFailure, Schedule, case_failure, regression_name,
-        run_campaign, scenario_toml, strategy, write_regression,
+        CampaignBase, CampaignConfig, Schedule, regression_name, run_campaign, scenario_toml,
+        strategy,
     };
     install_cancel_handlers();
     let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(a.machine.console));
-    let t0 = std::time::Instant::now();
     let res = (|| -> Result<i32> {
         let (toml, origin) = match (&a.file, &a.scenario) {
             (Some(f), _) => (
@@ -817,8 +923,9 @@ pub fn campaign(a: CampaignArgs) -> i32 {
                 (catalog_toml(&name)?, name)
             }
         };
-        let scn =
+        let mut scn =
             scenarios::scenario::Scenario::parse(&toml, &origin).map_err(|e| anyhow!("{e}"))?;
+        scenario_nic_faults(&mut scn, &a.nic_fault)?;
         let base = CampaignBase::new(&scn).map_err(|e| anyhow!("{e}"))?;
         let cfg = CampaignConfig {
             cases: a.cases.max(1),
@@ -848,140 +955,100 @@ pub fn campaign(a: CampaignArgs) -> i32 {
             );
             return Ok(0);
         }
-        let mut fatal: Option<anyhow::Error> = None;
-        let mut log: Vec<serde_json::Value> = Vec::new();
-        let mut n = 0u32;
-        let out = run_campaign(
-            &cfg,
-            &strat,
-            |s: &Schedule| -> std::result::Result<(), CaseFailure> {
-                if fatal.is_some() {
-                    return Ok(());
-                }
-                if scenarios::run::CANCEL.load(Ordering::SeqCst) {
-                    fatal = Some(anyhow!("interrupted"));
-                    return Ok(());
-                }
-                let name = case_name(n);
-                n += 1;
-                let scn = s.to_scenario(&base, &name, "campaign case");
-                let text = match scenario_toml(&scn) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        fatal = Some(anyhow!("case {name}: {e}"));
-                        return Ok(());
-                    }
-                };
-                sink.emit(Event::Step {
-                    name: format!("campaign: {name}"),
-                    elapsed_ms: t0.elapsed().as_millis() as u64,
-                    detail: s
-                        .ops
-                        .iter()
-                        .map(|o| o.describe())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                });
-                match run_scenario_toml(&a.machine, &text, &name, &[], &None, sink.clone()) {
-                    Ok(r) => {
-                        let f = case_failure(&r.report);
-                        log.push(serde_json::json!({
-                            "case": name,
-                            "ops": s.ops.iter().map(|o| o.describe()).collect::<Vec<_>>(),
-                            "verdict": r.report["verdict"],
-                            "violated": f.as_ref().map(|f| f.invariant.clone()),
-                            "detail": f.as_ref().map(|f| f.detail.clone()),
-                            "nics": r.report["nics"],
-                        }));
-                        match f {
-                            Some(f) => Err(f),
-                            None => Ok(()),
-                        }
-                    }
-                    Err(e) => {
-                        fatal = Some(e.context(format!("case {name}")));
-                        Ok(())
-                    }
-                }
+        let name = regression_name(&base.scenario.name, a.seed);
+        let mut p = prepare(
+            &a.machine,
+            JobCommand::Campaign {
+                toml: scenario_toml(&base.scenario).map_err(|e| anyhow!("{e}"))?,
+                origin: origin.clone(),
+                config: scenarios::job::CampaignJob {
+                    cases: cfg.cases,
+                    seed: cfg.seed,
+                    max_ops: cfg.max_ops,
+                    shrink_iters: cfg.max_shrink_iters,
+                    regression_name: name.clone(),
+                },
             },
-            |p| {
-                sink.emit(Event::Progress {
-                    what: "campaign".into(),
-                    detail: format!(
-                        "{} case(s) run, {} violation(s){}",
-                        p.cases_run,
-                        p.violations,
-                        if p.shrinking { ", shrinking" } else { "" }
-                    ),
-                })
-            },
+            &*sink,
+        )?;
+        p.job.machine.topology = base.scenario.topology_spec();
+        let out = execute(&p, sink.clone())?;
+        let mut report = out.report.clone();
+        if let Some(o) = report.as_object_mut() {
+            o.remove("exit_code");
+        }
+        report["engine"] = serde_json::json!(p.engine.to_string());
+        let mut code = out.exit_code;
+        let kernel = &a.machine.kernel;
+        if report["command"] != serde_json::json!("campaign") {
+            // The job itself failed (the engine, the L1).
+            write_json(&a.json, &report)?;
+            return Err(anyhow!(
+                "campaign: {}",
+                report["error"].as_str().unwrap_or("the job failed")
+            ));
+        }
+        let faults = &report["faults_injected"];
+        println!(
+            "campaign {} on {kernel}: {} case(s) run, {} violation(s), {} VM(s), seed {}, {:.0} s",
+            base.scenario.name,
+            report["cases_run"],
+            report["violations"],
+            report["vms_booted"],
+            a.seed,
+            report["wall_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
         );
-        if let Some(e) = fatal {
-            return Err(e);
+        println!(
+            "  payload: {} bytes sent, {} verified; cases with bytes lost or corrupted: {}",
+            report["bytes"]["sent"],
+            report["bytes"]["verified"],
+            report["bytes"]["cases_lost_or_corrupted"]
+                .as_array()
+                .map_or(0, Vec::len)
+        );
+        if let Some(f) = faults.as_object() {
+            let list: Vec<String> = f.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("  faults injected: {}", list.join(", "));
         }
-        let mut report = serde_json::json!({
-            "command": "campaign",
-            "base": base.scenario.name,
-            "kernel": a.machine.kernel,
-            "seed": a.seed,
-            "cases_run": out.cases_run,
-            "violations": out.violations,
-            "vm_per_case": true,
-            "cases": log,
-            "wall_ms": t0.elapsed().as_millis() as u64,
-        });
-        if let Some(why) = &out.aborted {
-            report["aborted"] = serde_json::json!(why);
-        }
-        let code = match &out.found {
-            None => {
-                println!(
-                    "campaign {} on {}: {} case(s), no violation (seed {})",
-                    base.scenario.name, a.machine.kernel, out.cases_run, a.seed
-                );
-                0
-            }
-            Some(found) => {
-                let name = regression_name(&base.scenario.name, a.seed);
-                let path = write_regression(
-                    &a.regressions,
-                    &name,
-                    &base,
-                    found,
-                    a.seed,
-                    &a.machine.kernel,
-                )
+        if let Some(found) = report.get("found").cloned() {
+            let text = found["regression_toml"].as_str().unwrap_or_default();
+            let path = scenarios::campaign::write_regression_text(&a.regressions, &name, text)
                 .with_context(|| {
                     format!("writing the regression into {}", a.regressions.display())
                 })?;
-                println!(
-                    "campaign {} on {}: VIOLATION of {} after {} case(s)\n  {}",
-                    base.scenario.name,
-                    a.machine.kernel,
-                    found.failure.invariant,
-                    out.cases_run,
-                    found.failure.detail
-                );
-                println!("  minimal schedule ({} ops):", found.minimal.ops.len());
-                for (i, op) in found.minimal.ops.iter().enumerate() {
-                    println!("    {i:02}: {}", op.describe());
+            println!(
+                "  VIOLATION of {}: {}",
+                found["invariant"].as_str().unwrap_or("?"),
+                found["detail"].as_str().unwrap_or("")
+            );
+            println!(
+                "  minimal schedule ({} ops), {} on a second run:",
+                found["minimal_ops"].as_array().map_or(0, Vec::len),
+                if found["confirmed"] == serde_json::json!(true) {
+                    "failed again"
+                } else {
+                    "did NOT fail again"
                 }
-                println!(
-                    "  written to {}; replay: netmem-lab scenario --file {} --kernel {}",
-                    path.display(),
-                    path.display(),
-                    a.machine.kernel
-                );
-                report["found"] = serde_json::json!({
-                    "invariant": found.failure.invariant,
-                    "detail": found.failure.detail,
-                    "original_ops": found.original.ops.iter().map(|o| o.describe()).collect::<Vec<_>>(),
-                    "minimal_ops": found.minimal.ops.iter().map(|o| o.describe()).collect::<Vec<_>>(),
-                    "regression": path,
-                });
-                1
+            );
+            for (i, op) in found["minimal_ops"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                println!("    {i:02}: {}", op.as_str().unwrap_or("?"));
             }
-        };
+            println!(
+                "  written to {}; replay: netmem-lab scenario --file {} --kernel {kernel}",
+                path.display(),
+                path.display(),
+            );
+            report["found"]["regression"] = serde_json::json!(path);
+            if let Some(o) = report["found"].as_object_mut() {
+                o.remove("regression_toml");
+            }
+            code = code.max(1);
+        }
         report["exit_code"] = serde_json::json!(code);
         write_json(&a.json, &report)?;
         Ok(code)
