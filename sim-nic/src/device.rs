@@ -790,8 +790,19 @@ impl Shared {
     /// One round of device work: link events, RX, TX. Returns whether
     /// work is left (call again) and when to look again at the latest.
     pub fn poll(&self) -> (bool, Option<Duration>) {
-        if self.port.link_changed.swap(false, Ordering::SeqCst) {
-            self.with(|d| d.notify_mgmt());
+        // One management interrupt per link transition the port saw since
+        // the last look (a quick down-up pair gives two).
+        let c = &self.counters;
+        let downs = self.port.link_downs.load(Ordering::SeqCst);
+        let ups = self.port.link_ups.load(Ordering::SeqCst);
+        let new = downs.saturating_sub(c.link_downs.swap(downs, Ordering::SeqCst))
+            + ups.saturating_sub(c.link_ups.swap(ups, Ordering::SeqCst));
+        if new > 0 {
+            self.with(|d| {
+                for _ in 0..new {
+                    d.notify_mgmt();
+                }
+            });
         }
         if !self.bus_master.load(Ordering::SeqCst) {
             // No DMA without bus mastering: frames wait in the inbox (the
