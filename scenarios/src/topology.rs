@@ -411,6 +411,10 @@ mod tests {
         .unwrap();
         assert!(t.wire_of("nic0").unwrap().link_up());
         assert_eq!(t.stats()["wires"][0]["faults"]["link_ups"], 1);
+        // The campaign reads what was injected from these very stats.
+        let injected = crate::campaign::injected_fault_counts(&t.stats());
+        assert_eq!(injected["link-down"], 1);
+        assert_eq!(injected.values().sum::<u64>(), 1);
         let e = HostControl::wire(&mut t, "nic9", &WireAction::default()).unwrap_err();
         assert!(e.contains("nic9"), "{e}");
         let e = HostControl::wire(
