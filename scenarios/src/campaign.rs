@@ -15,6 +15,8 @@
 //! | `GuestLink` | `ip link set dev {nicN} down/up` in the NIC's netns |
 //! | `Channels` | `netmem-lab ethtool -L {nicN} combined N` |
 //! | `Rings` | `netmem-lab ethtool -G {nicN} rx N tx N` |
+//! | `NicFaults` | `kind = "nic-fault"` (lab side: the NIC's test faults from now on) |
+//! | `NetkitDelete` | `netmem-lab netkit-del --dev PRIMARY` (the base's netkit pair) |
 //!
 //! Every case step is listed in the expectations' `any_outcome`: under
 //! faults a transfer or a guest operation may fail, and that alone is no
@@ -33,7 +35,7 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
-use sim_nic::{FaultDirection, LinkWindow, WireFaults};
+use sim_nic::{FaultDirection, LinkWindow, NicFault, QueueDir, WireFaults};
 
 use crate::scenario::{
     DevmemTx, Expectation, ExpectedVerdict, LinkState, Scenario, Step, StepKind,
@@ -47,6 +49,79 @@ pub const TRANSFER_UNIT: u64 = 64 << 10;
 pub const MAX_FAULT_PPM: u32 = 200_000;
 /// Parts per million of a probability.
 const PPM: f64 = 1_000_000.0;
+/// Longest `tx-completion-delay` drawn (ms): far below the 5 s TX timeout
+/// of gve (`watchdog_timeo = 5 * HZ` in
+/// drivers/net/ethernet/google/gve/gve_main.c), so no reset follows.
+pub const MAX_TX_COMPLETION_DELAY_MS: u64 = 200;
+/// `dma-fault` is drawn on queues `0..MAX_FAULT_QUEUES` (the lab's NICs have
+/// 4 queue pairs, `GveConfig::default().num_queues`).
+pub const MAX_FAULT_QUEUES: u16 = 4;
+
+/// The fault kinds a campaign injects, as [`injected_fault_counts`] and
+/// [`Schedule::requested_fault_kinds`] name them: the wire's, then the
+/// NIC's (`sim_nic::NicFault::kind`).
+pub const FAULT_KINDS: [&str; 11] = [
+    "drop",
+    "corrupt",
+    "duplicate",
+    "reorder",
+    "delay",
+    "link-down",
+    "tx-completion-delay",
+    "rx-starve",
+    "reset-request",
+    "dma-fault",
+    "dma-foreign-iova",
+];
+
+/// How many faults were actually injected, per kind of [`FAULT_KINDS`]
+/// (every kind present, zero when none struck), from the topology stats
+/// a run reports (`Topology::stats()`: `nics` maps each NIC to its
+/// `NicStats`, `wires` lists each wire's fault counters under `faults`),
+/// summed over NICs and wires. Wire: frames dropped, corrupted,
+/// duplicated, reordered and delayed, link-down transitions. NIC:
+/// completions delayed, frames starved, device reset requests (every
+/// request the device made, the test fault's and any other), DMAs refused
+/// by `dma-fault`, payload reads through a foreign IOVA. Missing fields
+/// count zero.
+pub fn injected_fault_counts(stats: &serde_json::Value) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = FAULT_KINDS.iter().map(|k| (k.to_string(), 0)).collect();
+    let mut add = |kind: &str, v: &serde_json::Value| {
+        if let (Some(c), Some(n)) = (out.get_mut(kind), v.as_u64()) {
+            *c = c.saturating_add(n);
+        }
+    };
+    for w in stats["wires"].as_array().into_iter().flatten() {
+        let f = &w["faults"];
+        for (kind, field) in [
+            ("drop", "dropped"),
+            ("corrupt", "corrupted"),
+            ("duplicate", "duplicated"),
+            ("reorder", "reordered"),
+            ("delay", "delayed"),
+            ("link-down", "link_downs"),
+        ] {
+            add(kind, &f[field]);
+        }
+    }
+    for n in stats["nics"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, v)| v)
+    {
+        for (kind, field) in [
+            ("tx-completion-delay", "tx_completions_delayed"),
+            ("rx-starve", "rx_starved"),
+            ("reset-request", "reset_requests"),
+            ("dma-fault", "injected_dma_faults"),
+            ("dma-foreign-iova", "tx_foreign_iova_reads"),
+        ] {
+            add(kind, &n[field]);
+        }
+    }
+    out
+}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CampaignError {
@@ -148,6 +223,11 @@ pub enum Op {
     Channels { nic: String, combined: u32 },
     /// `ethtool -G NIC rx N tx N` (a ring restart).
     Rings { nic: String, rx: u32, tx: u32 },
+    /// Replace the NIC's test faults from now on (empty: clear them).
+    NicFaults { nic: String, faults: Vec<NicFault> },
+    /// Delete the netkit pair whose primary is `dev` (the guest's
+    /// `netmem-lab netkit-del`; the peer goes with it).
+    NetkitDelete { dev: String },
 }
 
 /// A case: operations in order, after the base's setup.
@@ -172,6 +252,26 @@ pub struct CampaignBase {
     /// Largest transfer the strategy draws (the base transfer's size,
     /// capped at 16 MiB and rounded down to whole units, at least one).
     pub max_units: u64,
+    /// The primary of the netkit pair the setup creates (`netkit-add
+    /// --primary NAME`), if any: the target of `NetkitDelete`.
+    pub netkit_primary: Option<String>,
+}
+
+/// The `--primary NAME` of a setup step running `netkit-add`.
+fn netkit_primary_of(step: &Step) -> Option<String> {
+    let words: Vec<String> = match &step.kind {
+        StepKind::Sh { argv: Some(a), .. } => a.clone(),
+        StepKind::Sh {
+            script: Some(s), ..
+        } => s.split_whitespace().map(String::from).collect(),
+        _ => return None,
+    };
+    let at = words.iter().position(|w| w == "netkit-add")?;
+    let rest = &words[at + 1..];
+    rest.iter()
+        .position(|w| w == "--primary")
+        .and_then(|i| rest.get(i + 1))
+        .cloned()
 }
 
 impl CampaignBase {
@@ -221,6 +321,7 @@ impl CampaignBase {
             wired,
             netns,
             max_units: (bytes.min(16 << 20) / TRANSFER_UNIT).max(1),
+            netkit_primary: scenario.steps[..at].iter().find_map(netkit_primary_of),
         })
     }
 
@@ -278,6 +379,14 @@ impl Op {
                 format!("guest: ethtool -L {nic} combined {combined}")
             }
             Op::Rings { nic, rx, tx } => format!("guest: ethtool -G {nic} rx {rx} tx {tx}"),
+            Op::NicFaults { nic, faults } if faults.is_empty() => {
+                format!("{nic}: NIC faults cleared")
+            }
+            Op::NicFaults { nic, faults } => {
+                let list: Vec<String> = faults.iter().map(|f| f.to_string()).collect();
+                format!("{nic}: NIC faults {}", list.join(", "))
+            }
+            Op::NetkitDelete { dev } => format!("guest: netkit-del {dev}"),
         }
     }
 
@@ -366,6 +475,19 @@ impl Op {
                 ],
                 base.netns_of(nic),
             ),
+            Op::NicFaults { nic, faults } => StepKind::NicFault {
+                nic: nic.clone(),
+                faults: faults.clone(),
+            },
+            Op::NetkitDelete { dev } => sh(
+                vec![
+                    TOOL.into(),
+                    "netkit-del".into(),
+                    "--dev".into(),
+                    dev.clone(),
+                ],
+                None,
+            ),
         };
         Step {
             name,
@@ -431,15 +553,54 @@ impl Op {
                         rx: num(r)?,
                         tx: num(x)?,
                     },
+                    [t, "netkit-del", "--dev", d] if *t == TOOL => {
+                        Op::NetkitDelete { dev: d.to_string() }
+                    }
                     _ => return Err(bad("a command a campaign does not write")),
                 }
             }
+            StepKind::NicFault { nic, faults } => Op::NicFaults {
+                nic: nic.clone(),
+                faults: faults.clone(),
+            },
             k => return Err(bad(&format!("a {} step", k.name()))),
         })
     }
 }
 
 impl Schedule {
+    /// The fault kinds (names of [`FAULT_KINDS`]) this schedule asks for:
+    /// a wire fault with a non-zero setting, a link cut (a wire outage or
+    /// a `WireLink` down), a NIC fault set. Whether they strike depends on
+    /// the traffic: compare with [`injected_fault_counts`].
+    pub fn requested_fault_kinds(&self) -> BTreeSet<&'static str> {
+        let mut k = BTreeSet::new();
+        for op in &self.ops {
+            match op {
+                Op::WireFaults { faults: f, .. } => {
+                    for (name, on) in [
+                        ("drop", f.drop_ppm > 0),
+                        ("corrupt", f.corrupt_ppm > 0),
+                        ("duplicate", f.duplicate_ppm > 0),
+                        ("reorder", f.reorder_ppm > 0),
+                        ("delay", f.delay_us > 0 || f.jitter_us > 0),
+                        ("link-down", f.link_down.is_some()),
+                    ] {
+                        if on {
+                            k.insert(name);
+                        }
+                    }
+                }
+                Op::WireLink { up: false, .. } => {
+                    k.insert("link-down");
+                }
+                Op::NicFaults { faults, .. } => k.extend(faults.iter().map(|f| f.kind())),
+                _ => {}
+            }
+        }
+        k
+    }
+
     /// The replayable scenario of this case: the base's setup, then one
     /// step per op; its expectations are the base's for the setup steps,
     /// and every case step may succeed or fail.
@@ -522,18 +683,20 @@ pub mod strategy {
     fn fault_spec() -> impl Strategy<Value = FaultSpec> {
         (
             any::<u16>(),
-            prop_oneof![3 => Just(0u32), 1 => 0..=MAX_FAULT_PPM],
-            prop_oneof![3 => Just(0u32), 1 => 0..=MAX_FAULT_PPM],
-            prop_oneof![3 => Just(0u32), 1 => 0..=MAX_FAULT_PPM],
-            prop_oneof![3 => Just(0u32), 1 => 0..=MAX_FAULT_PPM],
-            prop_oneof![3 => Just(0u64), 1 => 0..=20_000u64],
-            prop_oneof![3 => Just(0u64), 1 => 0..=5_000u64],
+            // Each knob on in half the draws: a short campaign still
+            // sets every kind (see `FAULT_KINDS`) at least once.
+            prop_oneof![1 => Just(0u32), 1 => 1..=MAX_FAULT_PPM],
+            prop_oneof![1 => Just(0u32), 1 => 1..=MAX_FAULT_PPM],
+            prop_oneof![1 => Just(0u32), 1 => 1..=MAX_FAULT_PPM],
+            prop_oneof![1 => Just(0u32), 1 => 1..=MAX_FAULT_PPM],
+            prop_oneof![2 => Just(0u64), 1 => 1..=20_000u64],
+            prop_oneof![2 => Just(0u64), 1 => 1..=5_000u64],
             select(vec![
                 FaultDirection::Both,
                 FaultDirection::AToB,
                 FaultDirection::BToA,
             ]),
-            proptest::option::weighted(0.2, (0..=2_000u64, 1..=3_000u64)),
+            proptest::option::weighted(0.3, (0..=2_000u64, 1..=3_000u64)),
         )
             .prop_map(
                 |(
@@ -560,6 +723,29 @@ pub mod strategy {
             )
     }
 
+    /// One NIC fault a campaign draws: every kind but `dma-foreign-iova`
+    /// (a deliberate device bug, only through
+    /// [`CampaignConfig::test_faults`]). Delays stay far below gve's 5 s TX
+    /// watchdog.
+    pub fn nic_fault() -> impl Strategy<Value = NicFault> {
+        prop_oneof![
+            (1..=MAX_TX_COMPLETION_DELAY_MS).prop_map(|ms| NicFault::TxCompletionDelay { ms }),
+            (0..=2_000u64, 1..=500u64)
+                .prop_map(|(after, frames)| NicFault::RxStarve { after, frames }),
+            (0..=2_000u64).prop_map(|after| NicFault::ResetRequest { after }),
+            (
+                select(vec![QueueDir::Tx, QueueDir::Rx]),
+                0..MAX_FAULT_QUEUES,
+                0..=500u64
+            )
+                .prop_map(|(dir, queue, after)| NicFault::DmaFault {
+                    dir,
+                    queue,
+                    after
+                }),
+        ]
+    }
+
     /// One operation on `base` (simplest kinds first: shrinking moves
     /// towards them).
     pub fn op(base: &CampaignBase) -> BoxedStrategy<Op> {
@@ -579,6 +765,17 @@ pub mod strategy {
                     unbind_after: pct.map(|p| (bytes * p / 100).clamp(1, bytes - 1)),
                 }
             });
+        let all_nics = select(
+            base.scenario
+                .topology
+                .nics
+                .iter()
+                .map(|n| n.name.clone())
+                .collect::<Vec<_>>(),
+        );
+        let netkit = base.netkit_primary.clone();
+        let netkit_weight = if netkit.is_some() { 1 } else { 0 };
+        let netkit = Just(netkit.unwrap_or_default());
         prop_oneof![
             2 => (0..=2_000u64).prop_map(|ms| Op::Pause { ms }),
             4 => (nics.clone(), fault_spec()).prop_map(|(nic, faults)| Op::WireFaults { nic, faults }),
@@ -588,6 +785,10 @@ pub mod strategy {
             1 => (nics.clone(), 1..=4u32).prop_map(|(nic, combined)| Op::Channels { nic, combined }),
             1 => (nics, select(vec![256u32, 512, 1024]), select(vec![256u32, 512, 1024]))
                 .prop_map(|(nic, rx, tx)| Op::Rings { nic, rx, tx }),
+            4 => (all_nics.clone(), proptest::collection::vec(nic_fault(), 1..=3))
+                .prop_map(|(nic, faults)| Op::NicFaults { nic, faults }),
+            1 => all_nics.prop_map(|nic| Op::NicFaults { nic, faults: Vec::new() }),
+            netkit_weight => netkit.prop_map(|dev| Op::NetkitDelete { dev }),
         ]
         .boxed()
     }
@@ -597,6 +798,31 @@ pub mod strategy {
         proptest::collection::vec(op(base), 1..=max_ops.max(1))
             .prop_map(|ops| Schedule { ops })
             .boxed()
+    }
+
+    /// The schedules of a campaign run with `cfg`: [`schedule`] with
+    /// `cfg.max_ops`, and when `cfg.test_faults` is not empty every
+    /// schedule starts with a `NicFaults` op setting them on the base's
+    /// first NIC. That op is not drawn, so shrinking never removes it: a
+    /// regression still contains it and replays the violation.
+    pub fn campaign_schedule(base: &CampaignBase, cfg: &CampaignConfig) -> BoxedStrategy<Schedule> {
+        let inner = schedule(base, cfg.max_ops);
+        let first = base.scenario.topology.nics.first().map(|n| n.name.clone());
+        match first {
+            Some(nic) if !cfg.test_faults.is_empty() => {
+                let prefix = Op::NicFaults {
+                    nic,
+                    faults: cfg.test_faults.clone(),
+                };
+                inner
+                    .prop_map(move |mut s| {
+                        s.ops.insert(0, prefix.clone());
+                        s
+                    })
+                    .boxed()
+            }
+            _ => inner,
+        }
     }
 }
 
@@ -618,6 +844,11 @@ pub struct CampaignConfig {
     pub max_ops: usize,
     /// Cases run while shrinking at most.
     pub max_shrink_iters: u32,
+    /// NIC faults every case sets first on the base's first NIC (see
+    /// [`strategy::campaign_schedule`]), e.g. `dma-foreign-iova`, a
+    /// deliberate device bug the verifier must catch; never drawn
+    /// otherwise.
+    pub test_faults: Vec<NicFault>,
 }
 
 impl Default for CampaignConfig {
@@ -627,6 +858,7 @@ impl Default for CampaignConfig {
             seed: 0,
             max_ops: 8,
             max_shrink_iters: 64,
+            test_faults: Vec::new(),
         }
     }
 }

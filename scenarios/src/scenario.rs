@@ -241,6 +241,15 @@ pub enum StepKind {
     },
     /// Wait `ms` milliseconds (timing between steps of a fault schedule).
     Pause { ms: u64 },
+    /// A host-side change of NIC `nic`'s test faults: `faults` (see
+    /// `sim_nic::NicFault`: "rx-starve:100:20", "dma-fault:tx:0", …)
+    /// replace the ones in force from now on (their `after` counts start
+    /// here); an empty list clears them. Runs in the lab and returns at once.
+    NicFault {
+        nic: String,
+        #[serde(default)]
+        faults: Vec<sim_nic::NicFault>,
+    },
 }
 
 /// A link state a `wire` step sets.
@@ -309,6 +318,7 @@ impl StepKind {
             StepKind::TcpTransfer { .. } => "tcp-transfer",
             StepKind::Wire { .. } => "wire",
             StepKind::Pause { .. } => "pause",
+            StepKind::NicFault { .. } => "nic-fault",
         }
     }
     pub fn default_timeout_s(&self) -> u64 {
@@ -651,6 +661,11 @@ impl Scenario {
                         f.validate().map_err(|e| ctx(format!("faults: {e}")))?;
                     }
                 }
+                StepKind::NicFault { nic, .. } => {
+                    if !nics.contains(nic.as_str()) {
+                        return Err(ctx(format!("{nic:?} is not a NIC of the topology")));
+                    }
+                }
                 StepKind::Pause { ms } => {
                     if *ms > MAX_PAUSE_MS {
                         return Err(ctx(format!("pause of {ms} ms (at most {MAX_PAUSE_MS})")));
@@ -712,7 +727,7 @@ pub const MAX_PAUSE_MS: u64 = 600_000;
 
 fn step_netns(k: &StepKind) -> Vec<&str> {
     match k {
-        StepKind::Wire { .. } | StepKind::Pause { .. } => Vec::new(),
+        StepKind::Wire { .. } | StepKind::Pause { .. } | StepKind::NicFault { .. } => Vec::new(),
         StepKind::Sh { netns, .. }
         | StepKind::NetnsSetup { netns, .. }
         | StepKind::Ping { netns, .. } => netns.iter().map(|s| s.as_str()).collect(),
@@ -908,6 +923,50 @@ script = "true"
             1,
         );
         let e = Scenario::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown NIC fault"), "{e}");
+    }
+
+    #[test]
+    fn nic_fault_steps_parse_validate_and_write_back() {
+        let s = Scenario::parse(
+            &format!(
+                "{BASE}[[step]]\nname = \"starve\"\nkind = \"nic-fault\"\nnic = \"nic1\"\nfaults = [\"rx-starve:100:20\", \"dma-fault:tx:0\"]\n[[step]]\nname = \"clear\"\nkind = \"nic-fault\"\nnic = \"nic1\"\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            s.steps[1].kind,
+            StepKind::NicFault {
+                nic: "nic1".into(),
+                faults: vec![
+                    sim_nic::NicFault::RxStarve {
+                        after: 100,
+                        frames: 20
+                    },
+                    sim_nic::NicFault::DmaFault {
+                        dir: sim_nic::QueueDir::Tx,
+                        queue: 0,
+                        after: sim_nic::faults::DEFAULT_DMA_FAULT_AFTER
+                    }
+                ]
+            }
+        );
+        assert_eq!(s.steps[1].kind.name(), "nic-fault");
+        assert_eq!(
+            s.steps[2].kind,
+            StepKind::NicFault {
+                nic: "nic1".into(),
+                faults: vec![]
+            }
+        );
+        let again = Scenario::parse(&toml::to_string(&s).unwrap(), "again").unwrap();
+        assert_eq!(again, s);
+        let e = parse_err("[[step]]\nname = \"x\"\nkind = \"nic-fault\"\nnic = \"nic7\"\n");
+        assert!(e.contains("nic7"), "{e}");
+        let e = parse_err(
+            "[[step]]\nname = \"x\"\nkind = \"nic-fault\"\nnic = \"nic0\"\nfaults = [\"melt\"]\n",
+        );
         assert!(e.contains("unknown NIC fault"), "{e}");
     }
 

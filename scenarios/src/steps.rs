@@ -52,6 +52,14 @@ pub trait HostControl {
     /// Apply `action` to the wire with logical NIC `nic` at one end;
     /// returns what the step reports (link state, wire counters).
     fn wire(&mut self, nic: &str, action: &WireAction) -> Result<Value, String>;
+
+    /// Replace the test faults of logical NIC `nic` by `faults` from now
+    /// on (empty: clear them); returns what the step reports (the faults
+    /// in force, the NIC's counters).
+    fn nic_faults(&mut self, nic: &str, faults: &[sim_nic::NicFault]) -> Result<Value, String> {
+        let _ = (nic, faults);
+        Err("this runner has no access to the machine's NICs".into())
+    }
 }
 
 /// No host side: `wire` steps are a lab error.
@@ -769,6 +777,18 @@ fn run_step<E: GuestExec>(
                     None => String::new(),
                 }
             );
+            r.data = v;
+        }
+        StepKind::NicFault { nic, faults } => {
+            // Like `wire`: a NIC the lab cannot reach is the lab's error.
+            let v = ctx.host.nic_faults(nic, faults).map_err(LabError)?;
+            r.ok = true;
+            r.detail = if faults.is_empty() {
+                format!("{nic}: NIC faults cleared")
+            } else {
+                let list: Vec<String> = faults.iter().map(|f| f.to_string()).collect();
+                format!("{nic}: NIC faults {}", list.join(", "))
+            };
             r.data = v;
         }
         StepKind::Pause { ms } => {

@@ -105,7 +105,53 @@ impl Topology {
                 })
             })
             .collect();
-        serde_json::json!({"nics": nics, "wires": wires})
+        let nic_faults: BTreeMap<_, _> = self
+            .handles
+            .iter()
+            .map(|(n, h)| {
+                let f: Vec<String> = h.faults().iter().map(|f| f.to_string()).collect();
+                (n.clone(), f)
+            })
+            .filter(|(_, f)| !f.is_empty())
+            .collect();
+        serde_json::json!({"nics": nics, "wires": wires, "nic_faults_in_force": nic_faults})
+    }
+
+    /// Replace the test faults of NIC `nic` by `faults` from now on (their
+    /// `after` counts start now; empty clears them).
+    pub fn set_nic_faults(&self, nic: &str, faults: &[NicFault]) -> Result<(), String> {
+        let h = self
+            .handles
+            .get(nic)
+            .ok_or_else(|| format!("no NIC named {nic:?}"))?;
+        if faults.is_empty() {
+            tracing::info!(nic, "NIC test faults cleared");
+        } else {
+            tracing::warn!(nic, ?faults, "NIC test faults switched on");
+        }
+        h.set_faults(faults);
+        Ok(())
+    }
+
+    /// Put every fault back as `spec` has it: each wire gets the spec's
+    /// faults again (link windows counting from now) with its link up, each
+    /// NIC the spec's `nic_faults` (none when not listed), counting from
+    /// now. Counters go on. For running another scenario on the same
+    /// machine.
+    pub fn reset_faults(&self, spec: &TopologySpec) -> Result<(), String> {
+        for (a, b, w) in &self.wires {
+            let faults = spec.wire_faults.get(a).cloned().unwrap_or_default();
+            w.set_faults(faults)
+                .map_err(|e| format!("wire {a}-{b}: {e}"))?;
+            w.set_link(true);
+        }
+        for (name, h) in &self.handles {
+            let faults = spec.nic_faults.get(name).map_or(&[][..], |f| f.as_slice());
+            h.set_faults(faults);
+            // Release a link an owner forced down.
+            h.set_link(true);
+        }
+        Ok(())
     }
 
     /// The wire with `nic` at one end.
@@ -218,6 +264,10 @@ impl crate::steps::HostControl for Topology {
     ) -> Result<serde_json::Value, String> {
         apply_wire_action(self, nic, action)
     }
+
+    fn nic_faults(&mut self, nic: &str, faults: &[NicFault]) -> Result<serde_json::Value, String> {
+        apply_nic_faults(self, nic, faults)
+    }
 }
 
 impl crate::steps::HostControl for &Topology {
@@ -228,6 +278,24 @@ impl crate::steps::HostControl for &Topology {
     ) -> Result<serde_json::Value, String> {
         apply_wire_action(self, nic, action)
     }
+
+    fn nic_faults(&mut self, nic: &str, faults: &[NicFault]) -> Result<serde_json::Value, String> {
+        apply_nic_faults(self, nic, faults)
+    }
+}
+
+fn apply_nic_faults(
+    t: &Topology,
+    nic: &str,
+    faults: &[NicFault],
+) -> Result<serde_json::Value, String> {
+    t.set_nic_faults(nic, faults)?;
+    let h = &t.handles[nic];
+    let in_force: Vec<String> = h.faults().iter().map(|f| f.to_string()).collect();
+    Ok(serde_json::json!({
+        "faults_in_force": in_force,
+        "stats": serde_json::to_value(h.stats()).unwrap_or_default(),
+    }))
 }
 
 fn apply_wire_action(
@@ -343,6 +411,10 @@ mod tests {
         .unwrap();
         assert!(t.wire_of("nic0").unwrap().link_up());
         assert_eq!(t.stats()["wires"][0]["faults"]["link_ups"], 1);
+        // The campaign reads what was injected from these very stats.
+        let injected = crate::campaign::injected_fault_counts(&t.stats());
+        assert_eq!(injected["link-down"], 1);
+        assert_eq!(injected.values().sum::<u64>(), 1);
         let e = HostControl::wire(&mut t, "nic9", &WireAction::default()).unwrap_err();
         assert!(e.contains("nic9"), "{e}");
         let e = HostControl::wire(
@@ -360,5 +432,76 @@ mod tests {
         assert!(e.contains("drop"), "{e}");
         // A refused change leaves the faults in force as they were.
         assert_eq!(t.wire_of("nic0").unwrap().faults().duplicate, 0.5);
+    }
+
+    #[test]
+    fn nic_faults_are_set_at_runtime_and_reset_to_the_spec() {
+        use sim_nic::{NicFault, QueueDir};
+        let mut spec = TopologySpec::pairs(2);
+        let starve = NicFault::RxStarve {
+            after: 1,
+            frames: 2,
+        };
+        spec.nic_faults.insert("nic1".into(), vec![starve]);
+        spec.wire_faults.insert(
+            "nic0".into(),
+            WireFaults {
+                seed: 5,
+                drop: 0.1,
+                ..WireFaults::none()
+            },
+        );
+        let (mut t, _d) = cabled(&spec);
+        let dma = NicFault::DmaFault {
+            dir: QueueDir::Rx,
+            queue: 2,
+            after: 0,
+        };
+        t.set_nic_faults("nic0", &[dma]).unwrap();
+        assert_eq!(t.handles["nic0"].faults(), [dma]);
+        assert_eq!(
+            t.stats()["nic_faults_in_force"]["nic0"][0],
+            "dma-fault:rx:2:0"
+        );
+        let e = t.set_nic_faults("nic9", &[dma]).unwrap_err();
+        assert!(e.contains("nic9"), "{e}");
+        // Through the step interface: the faults in force and the counters.
+        let v = HostControl::nic_faults(&mut t, "nic1", &[]).unwrap();
+        assert_eq!(v["faults_in_force"], serde_json::json!([]));
+        assert_eq!(v["stats"]["rx_starved"], 0);
+        assert!(HostControl::nic_faults(&mut t, "nic5", &[]).is_err());
+        // A wire step changed the wire; reset puts everything back.
+        HostControl::wire(
+            &mut t,
+            "nic0",
+            &WireAction {
+                link_up: Some(false),
+                faults: Some(WireFaults {
+                    duplicate: 0.5,
+                    ..WireFaults::none()
+                }),
+            },
+        )
+        .unwrap();
+        t.reset_faults(&spec).unwrap();
+        let w = t.wire_of("nic0").unwrap();
+        assert!(w.link_up());
+        assert_eq!(w.faults(), spec.wire_faults["nic0"]);
+        assert!(t.handles["nic0"].faults().is_empty());
+        assert_eq!(t.handles["nic1"].faults(), [starve]);
+        assert_eq!(
+            t.stats()["nic_faults_in_force"],
+            serde_json::json!({"nic1": ["rx-starve:1:2"]})
+        );
+        // A spec without faults clears them all.
+        t.reset_faults(&TopologySpec::pairs(2)).unwrap();
+        assert!(t.wire_of("nic0").unwrap().faults().is_none());
+        assert!(t.handles.values().all(|h| h.faults().is_empty()));
+        assert!(
+            t.stats()["nic_faults_in_force"]
+                .as_object()
+                .unwrap()
+                .is_empty()
+        );
     }
 }

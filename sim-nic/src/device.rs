@@ -9,7 +9,7 @@
 //! The wire's locks are leaves: a NIC never takes another NIC's state lock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use crate::adminq::{
     DeviceDescription, SUP_BUFFER_SIZES_MASK, SUP_FLOW_STEERING_MASK, SUP_JUMBO_FRAMES_MASK,
     SUP_MODIFY_RING_MASK, SUP_RSS_CONFIG_MASK,
 };
+use crate::faults::NicFault;
 use crate::regs::*;
 use crate::rss::{FlowTable, RssConfig};
 use crate::rx::RxQueue;
@@ -330,15 +331,90 @@ pub(crate) struct NicState {
     pub faults: FaultProgress,
 }
 
-/// How far the test faults of [`GveConfig`] have got.
+/// The test faults in force (from [`GveConfig`] at creation, replaced by
+/// `NicHandle::set_faults`) and how far they have got. Behind the state
+/// lock: the decision points read it in the locked device operation they
+/// run in anyway, and a replacement is atomic for them.
 #[derive(Debug, Default)]
 pub(crate) struct FaultProgress {
+    pub active: ActiveFaults,
     /// Frames steered to an RX queue (for `rx-starve`).
     pub rx_frames_seen: u64,
     /// `reset-request` has struck.
     pub reset_requested: bool,
+    /// TX packets finished (for `reset-request`).
+    pub tx_packets_seen: u64,
     /// Payload DMAs of the `dma-fault` queue seen.
     pub dma_seen: u64,
+    /// TX payload reads issued (for `dma-foreign-iova`).
+    pub payload_reads: u64,
+}
+
+impl FaultProgress {
+    /// `active` in force from now on, every count from zero (they survive
+    /// driver resets: each fault strikes once, or in its one window, per
+    /// setting).
+    pub fn new(active: ActiveFaults) -> Self {
+        FaultProgress {
+            active,
+            ..Default::default()
+        }
+    }
+}
+
+/// One setting of the test faults, one of each kind at most.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ActiveFaults {
+    pub dma_foreign_iova: Option<u64>,
+    pub tx_completion_delay: Option<Duration>,
+    pub rx_starve: Option<(u64, u64)>,
+    pub reset_request_after: Option<u64>,
+    pub dma_fault: Option<DmaFaultAt>,
+}
+
+impl ActiveFaults {
+    pub fn from_config(cfg: &GveConfig) -> Self {
+        ActiveFaults {
+            dma_foreign_iova: cfg.dma_foreign_iova,
+            tx_completion_delay: cfg.tx_completion_delay,
+            rx_starve: cfg.rx_starve,
+            reset_request_after: cfg.reset_request_after,
+            dma_fault: cfg.dma_fault,
+        }
+    }
+
+    /// The faults of `list` (a later fault of a kind replaces an earlier
+    /// one of the same kind).
+    pub fn from_list(list: &[NicFault]) -> Self {
+        let mut cfg = GveConfig::default();
+        for f in list {
+            f.apply(&mut cfg);
+        }
+        ActiveFaults::from_config(&cfg)
+    }
+
+    /// The faults, as [`NicFault`]s.
+    pub fn list(&self) -> Vec<NicFault> {
+        let mut v = Vec::new();
+        if let Some(after) = self.dma_foreign_iova {
+            v.push(NicFault::DmaForeignIova { after });
+        }
+        if let Some(d) = self.tx_completion_delay {
+            v.push(NicFault::TxCompletionDelay {
+                ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        if let Some((after, frames)) = self.rx_starve {
+            v.push(NicFault::RxStarve { after, frames });
+        }
+        if let Some(after) = self.reset_request_after {
+            v.push(NicFault::ResetRequest { after });
+        }
+        if let Some(DmaFaultAt { dir, queue, after }) = self.dma_fault {
+            v.push(NicFault::DmaFault { dir, queue, after });
+        }
+        v
+    }
 }
 
 impl NicState {
@@ -367,7 +443,7 @@ impl NicState {
             tx_backlog: VecDeque::new(),
             refusals: RefusalLog::default(),
             link_forced_down: false,
-            faults: FaultProgress::default(),
+            faults: FaultProgress::new(ActiveFaults::from_config(cfg)),
         }
     }
 }
@@ -382,9 +458,6 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub bus_master: AtomicBool,
     pub shutdown: AtomicBool,
-    /// TX payload reads issued (counted only while `dma_foreign_iova` is
-    /// set).
-    pub payload_reads: AtomicU64,
 }
 
 /// Device state plus the shared context, for one locked operation.
@@ -492,7 +565,7 @@ impl Dev<'_> {
         q: usize,
         what: &str,
     ) -> bool {
-        let Some(at) = self.sh.cfg.dma_fault else {
+        let Some(at) = self.st.faults.active.dma_fault else {
             return false;
         };
         if at.dir != dir || usize::from(at.queue) != q {
@@ -790,8 +863,19 @@ impl Shared {
     /// One round of device work: link events, RX, TX. Returns whether
     /// work is left (call again) and when to look again at the latest.
     pub fn poll(&self) -> (bool, Option<Duration>) {
-        if self.port.link_changed.swap(false, Ordering::SeqCst) {
-            self.with(|d| d.notify_mgmt());
+        // One management interrupt per link transition the port saw since
+        // the last look (a quick down-up pair gives two).
+        let c = &self.counters;
+        let downs = self.port.link_downs.load(Ordering::SeqCst);
+        let ups = self.port.link_ups.load(Ordering::SeqCst);
+        let new = downs.saturating_sub(c.link_downs.swap(downs, Ordering::SeqCst))
+            + ups.saturating_sub(c.link_ups.swap(ups, Ordering::SeqCst));
+        if new > 0 {
+            self.with(|d| {
+                for _ in 0..new {
+                    d.notify_mgmt();
+                }
+            });
         }
         if !self.bus_master.load(Ordering::SeqCst) {
             // No DMA without bus mastering: frames wait in the inbox (the
@@ -920,6 +1004,37 @@ impl NicHandle {
         });
     }
 
+    /// Replace the test faults in force by `faults` (an empty slice clears
+    /// them all). Their `after` counts start from now; what an earlier
+    /// setting already did stays done (completions it delayed are still
+    /// written when due) and stays counted in [`NicStats`]. At most one
+    /// fault of each kind is in force: a later one in `faults` replaces an
+    /// earlier one of the same kind. Applied atomically with respect to the
+    /// device's work.
+    pub fn set_faults(&self, faults: &[NicFault]) {
+        let active = ActiveFaults::from_list(faults);
+        self.sh.with(|d| {
+            // Completions an earlier delay holds back are due no later
+            // than the new setting would make them (at once when it has no
+            // delay): clearing the fault ends its effect.
+            let latest = Instant::now() + active.tx_completion_delay.unwrap_or_default();
+            for t in d.st.tx.iter_mut().flatten() {
+                for (at, _) in t.delayed.iter_mut() {
+                    *at = (*at).min(latest);
+                }
+            }
+            d.st.faults = FaultProgress::new(active);
+        });
+        tracing::debug!(nic = %self.sh.cfg.name, ?faults, "NIC test faults set");
+        // The worker may sleep on a deadline of the old setting.
+        self.sh.port.owner.notify();
+    }
+
+    /// The test faults in force.
+    pub fn faults(&self) -> Vec<NicFault> {
+        self.sh.with(|d| d.st.faults.active.list())
+    }
+
     /// Frames waiting in the inbox (not yet steered to a queue).
     pub fn inbox_len(&self) -> usize {
         self.sh.port.queued()
@@ -997,7 +1112,6 @@ impl GveDevice {
             counters: Counters::default(),
             bus_master: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
-            payload_reads: AtomicU64::new(0),
         });
         if sh.cfg.inline_doorbells {
             let weak = Arc::downgrade(&sh);

@@ -46,6 +46,11 @@ impl QueueDir {
 /// - `rx-starve[:AFTER[:FRAMES]]`
 /// - `reset-request[:N]`
 /// - `dma-fault:tx:Q[:N]`, `dma-fault:rx:Q[:N]`
+///
+/// Set at creation (`NicFault::apply` on the [`crate::GveConfig`]) or while
+/// the device runs (`NicHandle::set_faults`, which replaces the setting);
+/// the `after` counts start with the setting, and each fault strikes once
+/// (or in its one window) per setting, driver resets notwithstanding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum NicFault {
@@ -88,7 +93,8 @@ pub enum NicFault {
 }
 
 impl NicFault {
-    /// Switch the fault on in a device configuration.
+    /// Switch the fault on in a device configuration (in force from the
+    /// device's creation).
     pub fn apply(&self, cfg: &mut crate::GveConfig) {
         match *self {
             NicFault::DmaForeignIova { after } => cfg.dma_foreign_iova = Some(after),

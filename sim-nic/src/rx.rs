@@ -290,7 +290,7 @@ impl Dev<'_> {
                 // buffer and are dropped as a starved queue drops them.
                 let seen = self.st.faults.rx_frames_seen;
                 self.st.faults.rx_frames_seen += 1;
-                if let Some((after, frames)) = self.sh.cfg.rx_starve
+                if let Some((after, frames)) = self.st.faults.active.rx_starve
                     && seen >= after
                     && seen - after < frames
                 {

@@ -88,6 +88,13 @@ counters! {
     irqs,
     /// Management interrupts requested.
     mgmt_irqs,
+    /// Link transitions of the cable (wire link down, cable unplugged) the
+    /// device has noticed (each also raises a management interrupt when
+    /// the driver has set one up). Owner-forced changes
+    /// (`NicHandle::set_link`) are not counted here.
+    link_downs,
+    /// Link transitions to up (cable plugged, wire link back up).
+    link_ups,
     /// Guest inputs refused (see `NicHandle::refusals`).
     refusals,
 }

@@ -237,14 +237,10 @@ impl Dev<'_> {
         } else {
             self.transmit_packet(q, &p);
         }
-        if let Some(after) = self.sh.cfg.reset_request_after
+        self.st.faults.tx_packets_seen += 1;
+        if let Some(after) = self.st.faults.active.reset_request_after
             && !self.st.faults.reset_requested
-            && self
-                .sh
-                .counters
-                .tx_packets
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > after
+            && self.st.faults.tx_packets_seen > after
         {
             self.st.faults.reset_requested = true;
             self.request_reset(&format!(
@@ -265,10 +261,22 @@ impl Dev<'_> {
         if compls.is_empty() {
             return Some(false);
         }
-        if let Some(d) = self.sh.cfg.tx_completion_delay {
-            Counters::inc(&self.sh.counters.tx_completions_delayed);
-            let t = self.st.tx.get_mut(q)?.as_mut()?;
-            t.delayed.push_back((Instant::now() + d, compls));
+        let delay = self.st.faults.active.tx_completion_delay;
+        let t = self.st.tx.get_mut(q)?.as_mut()?;
+        if delay.is_some() || !t.delayed.is_empty() {
+            // Delayed, or behind completions still held back (a ring's
+            // completions are written in order: the descriptor ones move
+            // the driver's view of the ring head).
+            if delay.is_some() {
+                Counters::inc(&self.sh.counters.tx_completions_delayed);
+            }
+            let now = Instant::now();
+            let at = t
+                .delayed
+                .back()
+                .map_or(now, |(at, _)| *at)
+                .max(now + delay.unwrap_or_default());
+            t.delayed.push_back((at, compls));
             return Some(false);
         }
         for (ctype, value) in compls {
@@ -280,7 +288,10 @@ impl Dev<'_> {
     /// Write the completions the `tx-completion-delay` test fault held
     /// back whose time has come; returns when the next ones are due.
     pub fn tx_flush_delayed(&mut self, now: Instant) -> Option<Duration> {
-        self.sh.cfg.tx_completion_delay?;
+        // Completions held back stay due after the fault is cleared.
+        if self.st.tx.iter().flatten().all(|t| t.delayed.is_empty()) {
+            return None;
+        }
         let mut wake: Option<Duration> = None;
         for q in 0..self.st.tx.len() {
             let mut wrote = false;
@@ -378,13 +389,11 @@ impl Dev<'_> {
     /// unless the `dma-foreign-iova` test fault is on and due, and the
     /// domain maps the same bytes at another IOVA.
     fn payload_iova(&mut self, iova: u64, len: u64) -> u64 {
-        let Some(after) = self.sh.cfg.dma_foreign_iova else {
+        let Some(after) = self.st.faults.active.dma_foreign_iova else {
             return iova;
         };
-        let n = self
-            .sh
-            .payload_reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.st.faults.payload_reads;
+        self.st.faults.payload_reads += 1;
         if n < after {
             return iova;
         }

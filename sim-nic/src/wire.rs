@@ -71,8 +71,11 @@ pub(crate) struct PortShared {
     tx: Mutex<Option<Arc<WireDir>>>,
     /// Cable present and link up.
     pub link_up: AtomicBool,
-    /// Set on every link transition; the owner acknowledges it.
-    pub link_changed: AtomicBool,
+    /// Link transitions of this port (cable plugged or unplugged, wire
+    /// link up or down), counted so that a down-then-up pair between two
+    /// looks of the owner is not lost.
+    pub link_downs: AtomicU64,
+    pub link_ups: AtomicU64,
     attached: AtomicBool,
     /// The owner's receive work, runnable on a sender's thread (see
     /// `GveConfig::inline_doorbells`).
@@ -103,7 +106,8 @@ impl PortShared {
             sender: Mutex::new(None),
             tx: Mutex::new(None),
             link_up: AtomicBool::new(false),
-            link_changed: AtomicBool::new(false),
+            link_downs: AtomicU64::new(0),
+            link_ups: AtomicU64::new(0),
             attached: AtomicBool::new(false),
             inline_poll: Mutex::new(None),
         })
@@ -130,7 +134,8 @@ impl PortShared {
 
     fn set_link(&self, up: bool) {
         if self.link_up.swap(up, Ordering::SeqCst) != up {
-            self.link_changed.store(true, Ordering::SeqCst);
+            let c = if up { &self.link_ups } else { &self.link_downs };
+            c.fetch_add(1, Ordering::SeqCst);
             self.owner.notify();
         }
     }

@@ -58,6 +58,25 @@ fn every_kind() -> Schedule {
                 seed: 6,
                 unbind_after: None,
             },
+            Op::NicFaults {
+                nic: "nic0".into(),
+                faults: vec![
+                    NicFault::RxStarve {
+                        after: 100,
+                        frames: 20,
+                    },
+                    NicFault::DmaFault {
+                        dir: QueueDir::Rx,
+                        queue: 3,
+                        after: 0,
+                    },
+                ],
+            },
+            Op::NicFaults {
+                nic: "nic1".into(),
+                faults: vec![],
+            },
+            Op::NetkitDelete { dev: "nkh".into() },
         ],
     }
 }
@@ -320,6 +339,7 @@ fn shrinking_reaches_the_minimal_failing_schedule() {
         seed: 42,
         max_ops: 8,
         max_shrink_iters: 5_000,
+        ..CampaignConfig::default()
     };
     let mut seen = Vec::new();
     let out = run_campaign(
@@ -383,6 +403,7 @@ fn shrinking_stays_on_the_invariant_it_found() {
         seed: 42,
         max_ops: 8,
         max_shrink_iters: 5_000,
+        ..CampaignConfig::default()
     };
     let out = run_campaign(&cfg, &strategy::schedule(&b, 8), run, |_| {});
     let f = out.found.unwrap();
@@ -532,4 +553,208 @@ fn case_failures_come_from_the_report() {
     let died = json!({"verdict": "error", "error": "the guest ended mid-run: triple fault"});
     assert_eq!(case_failure(&died).unwrap().invariant, RUN_COMPLETED);
     assert!(case_failure(&died).unwrap().detail.contains("triple fault"));
+}
+
+#[test]
+fn the_base_names_its_netkit_primary() {
+    assert_eq!(base().netkit_primary.as_deref(), Some("nkh"));
+    assert_eq!(
+        CampaignBase::new(&Scenario::builtin("nic-smoke").unwrap())
+            .unwrap()
+            .netkit_primary,
+        None
+    );
+}
+
+#[test]
+fn nic_fault_and_netkit_ops_are_steps_the_lab_runs() {
+    let b = base();
+    let scn = every_kind().to_scenario(&b, "case-y", "");
+    let n = b.setup.len();
+    let ops = &every_kind().ops;
+    let at = |pred: &dyn Fn(&Op) -> bool| n + ops.iter().position(pred).unwrap();
+    let nf = &scn.steps[at(&|o| matches!(o, Op::NicFaults { faults, .. } if !faults.is_empty()))];
+    assert_eq!(nf.kind.name(), "nic-fault");
+    let text = toml::to_string(&scn).unwrap();
+    assert!(
+        text.contains(r#"faults = ["rx-starve:100:20", "dma-fault:rx:3:0"]"#),
+        "{text}"
+    );
+    let del = &scn.steps[at(&|o| matches!(o, Op::NetkitDelete { .. }))];
+    match &del.kind {
+        StepKind::Sh {
+            argv: Some(a),
+            netns: None,
+            ..
+        } => assert_eq!(a[1..], ["netkit-del", "--dev", "nkh"]),
+        k => panic!("{k:?}"),
+    }
+}
+
+/// Draws the schedules a campaign with `cfg` runs (every case passing).
+fn drawn(b: &CampaignBase, cfg: &CampaignConfig) -> Vec<Schedule> {
+    let mut all = Vec::new();
+    let out = run_campaign(
+        cfg,
+        &strategy::campaign_schedule(b, cfg),
+        |s: &Schedule| {
+            all.push(s.clone());
+            Ok(())
+        },
+        |_| {},
+    );
+    assert_eq!(out.cases_run as usize, all.len());
+    all
+}
+
+#[test]
+fn twenty_cases_of_six_ops_ask_for_every_fault_kind() {
+    let b = base();
+    let cfg = CampaignConfig {
+        cases: 20,
+        seed: 1,
+        max_ops: 6,
+        ..CampaignConfig::default()
+    };
+    let cases = drawn(&b, &cfg);
+    assert_eq!(cases.len(), 20);
+    let mut kinds = BTreeSet::new();
+    for c in &cases {
+        kinds.extend(c.requested_fault_kinds());
+    }
+    // (97 of seeds 0..100 give every kind; seed 1 does.)
+    let want: BTreeSet<&str> = FAULT_KINDS
+        .iter()
+        .copied()
+        .filter(|k| *k != "dma-foreign-iova")
+        .collect();
+    assert_eq!(kinds, want, "seed 1, 20 cases of at most 6 ops");
+    // Drawn NIC faults stay in the safe ranges.
+    for op in cases.iter().flat_map(|c| &c.ops) {
+        if let Op::NicFaults { faults, .. } = op {
+            for f in faults {
+                match *f {
+                    NicFault::DmaForeignIova { .. } => panic!("drawn: {f}"),
+                    NicFault::TxCompletionDelay { ms } => {
+                        assert!((1..=MAX_TX_COMPLETION_DELAY_MS).contains(&ms))
+                    }
+                    NicFault::DmaFault { queue, .. } => assert!(queue < MAX_FAULT_QUEUES),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn test_faults_open_every_case_and_survive_shrinking() {
+    let b = base();
+    let foreign = NicFault::DmaForeignIova { after: 0 };
+    let cfg = CampaignConfig {
+        cases: 16,
+        seed: 4,
+        max_ops: 6,
+        test_faults: vec![foreign],
+        ..CampaignConfig::default()
+    };
+    let prefix = Op::NicFaults {
+        nic: "nic0".into(),
+        faults: vec![foreign],
+    };
+    for c in drawn(&b, &cfg) {
+        assert_eq!(c.ops[0], prefix);
+        assert!(c.requested_fault_kinds().contains("dma-foreign-iova"));
+    }
+    // A violation needing the fault and a transfer shrinks to exactly
+    // those, and the regression replays to them.
+    let out = run_campaign(
+        &cfg,
+        &strategy::campaign_schedule(&b, &cfg),
+        |s: &Schedule| {
+            let armed = s.ops.iter().any(|o| o == &prefix);
+            let sent = s.ops.iter().any(|o| matches!(o, Op::Transfer { .. }));
+            if armed && sent {
+                Err(CaseFailure {
+                    invariant: "iova-owned".into(),
+                    detail: "foreign IOVA".into(),
+                })
+            } else {
+                Ok(())
+            }
+        },
+        |_| {},
+    );
+    let found = out.found.expect("a violation");
+    assert_eq!(found.minimal.ops.len(), 2, "{:?}", found.minimal);
+    assert_eq!(found.minimal.ops[0], prefix);
+    assert!(matches!(found.minimal.ops[1], Op::Transfer { .. }));
+    let dir = std::env::temp_dir().join(format!("campaign-test-faults-{}", std::process::id()));
+    let path = write_regression(&dir, "tf", &b, &found, 4, "patched").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let again = Scenario::parse(&text, "tf.toml").unwrap();
+    assert_eq!(Schedule::from_scenario(&b, &again).unwrap(), found.minimal);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn injected_fault_counts_sum_the_stats_of_nics_and_wires() {
+    let nic = |f: &dyn Fn(&mut sim_nic::NicStats)| {
+        let mut s = sim_nic::NicStats::default();
+        f(&mut s);
+        serde_json::to_value(s).unwrap()
+    };
+    let wire = |f: &dyn Fn(&mut sim_nic::FaultCounters)| {
+        let mut c = sim_nic::FaultCounters::default();
+        f(&mut c);
+        serde_json::json!({"a": "nic0", "b": "nic1", "faults": serde_json::to_value(c).unwrap(), "link_up": true})
+    };
+    let stats = serde_json::json!({
+        "nics": {
+            "nic0": nic(&|s| {
+                s.tx_completions_delayed = 40;
+                s.reset_requests = 1;
+                s.injected_dma_faults = 1;
+                s.tx_foreign_iova_reads = 7;
+                s.rx_no_buffers = 99; // not a fault by itself
+            }),
+            "nic1": nic(&|s| {
+                s.rx_starved = 20;
+                s.injected_dma_faults = 2;
+            }),
+        },
+        "wires": [
+            wire(&|c| {
+                c.dropped = 3;
+                c.corrupted = 4;
+                c.duplicated = 5;
+                c.reordered = 6;
+                c.delayed = 8;
+                c.link_downs = 2;
+                c.link_down_drops = 50;
+            }),
+            wire(&|c| c.dropped = 10),
+        ],
+    });
+    let got = injected_fault_counts(&stats);
+    let want: BTreeMap<String, u64> = [
+        ("drop", 13),
+        ("corrupt", 4),
+        ("duplicate", 5),
+        ("reorder", 6),
+        ("delay", 8),
+        ("link-down", 2),
+        ("tx-completion-delay", 40),
+        ("rx-starve", 20),
+        ("reset-request", 1),
+        ("dma-fault", 3),
+        ("dma-foreign-iova", 7),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(got, want);
+    assert_eq!(got.len(), FAULT_KINDS.len());
+    // Nothing reported: every kind at zero.
+    let none = injected_fault_counts(&serde_json::json!({}));
+    assert!(none.len() == FAULT_KINDS.len() && none.values().all(|v| *v == 0));
 }

@@ -932,6 +932,7 @@ pub fn campaign(a: CampaignArgs) -> i32 {
             seed: a.seed,
             max_ops: a.max_ops.max(1),
             max_shrink_iters: a.shrink_iters,
+            ..CampaignConfig::default()
         };
         let strat = strategy::schedule(&base, cfg.max_ops);
         let case_name = |n: u32| format!("campaign-{}-seed{}-case{n}", base.scenario.name, a.seed);
