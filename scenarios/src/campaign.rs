@@ -1104,11 +1104,5 @@ pub fn write_regression_text(dir: &Path, name: &str, text: &str) -> std::io::Res
     Ok(path)
 }
 
-/// Placeholder until the NIC fault counters are merged: wire counters only.
-pub fn injected_fault_counts(nics: &serde_json::Value) -> BTreeMap<String, u64> {
-    let _ = nics;
-    BTreeMap::new()
-}
-
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@
 //! own verifier (started from the IOMMU state the trail had built), its own
 //! DMA counts (the difference over its run) and its own report.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -609,7 +610,7 @@ pub fn run_campaign_job(
         max_shrink_iters: cfg.shrink_iters,
         ..CampaignConfig::default()
     };
-    let strat = strategy::schedule(&base, ccfg.max_ops);
+    let strat = strategy::campaign_schedule(&base, &ccfg);
     let mut pool = Pool {
         job,
         sink: sink.clone(),
@@ -623,19 +624,26 @@ pub fn run_campaign_job(
     let mut log: Vec<Value> = Vec::new();
     let mut n = 0u32;
     let case_name = |n: u32| format!("campaign-{}-seed{}-case{n}", base.scenario.name, cfg.seed);
-    let mut last_nics = Value::Null;
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     let run_one = |pool: &mut Pool,
                    s: &Schedule,
                    name: String,
                    log: &mut Vec<Value>,
-                   last_nics: &mut Value|
+                   totals: &mut BTreeMap<String, u64>|
      -> Option<CaseFailure> {
         let case = s.to_scenario(&base, &name, "campaign case");
         let started = Instant::now();
         let o = pool.run(&case);
         let f = case_failure(&o.report);
-        if !o.report["nics"].is_null() {
-            *last_nics = o.report["nics"].clone();
+        // Faults injected during the case: the NICs' and wires' counters
+        // after it minus before it (they count on over a machine's life).
+        let after = crate::campaign::injected_fault_counts(&o.report["nics"]);
+        let before = crate::campaign::injected_fault_counts(&o.report["vm"]["nics_before"]);
+        let mut injected = BTreeMap::new();
+        for (k, v) in after {
+            let d = v.saturating_sub(before.get(&k).copied().unwrap_or(0));
+            *totals.entry(k.clone()).or_insert(0) += d;
+            injected.insert(k, d);
         }
         log.push(json!({
             "case": name,
@@ -644,8 +652,8 @@ pub fn run_campaign_job(
             "violated": f.as_ref().map(|f| f.invariant.clone()),
             "detail": f.as_ref().map(|f| f.detail.clone()),
             "payload": o.report["payload"],
+            "faults_injected": injected,
             "ms": started.elapsed().as_millis() as u64,
-            "nics": o.report["nics"],
         }));
         f
     };
@@ -668,7 +676,7 @@ pub fn run_campaign_job(
                     .collect::<Vec<_>>()
                     .join("; "),
             );
-            match run_one(&mut pool, s, name, &mut log, &mut last_nics) {
+            match run_one(&mut pool, s, name, &mut log, &mut totals) {
                 Some(f) => Err(f),
                 None => Ok(()),
             }
@@ -715,7 +723,7 @@ pub fn run_campaign_job(
             &found.minimal,
             format!("{}-confirm", cfg.regression_name),
             &mut log,
-            &mut last_nics,
+            &mut totals,
         );
         let confirmed = again
             .as_ref()
@@ -759,7 +767,7 @@ pub fn run_campaign_job(
         _ => "error",
     });
     report["lab_errors"] = json!(errors);
-    report["faults_injected"] = json!(crate::campaign::injected_fault_counts(&last_nics));
+    report["faults_injected"] = json!(totals);
     report["bytes"] = campaign_bytes(&log);
     report["cases"] = json!(log);
     report["vms_booted"] = json!(pool.vms);
