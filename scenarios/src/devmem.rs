@@ -961,6 +961,11 @@ pub struct Opts {
     pub chunk: Option<u64>,
     pub spare_binding: bool,
     pub unbind_after: Option<u64>,
+    /// After the unbind at `unbind_after`, bind the dmabuf again on the
+    /// same device and send the rest with the new binding.
+    pub rebind: bool,
+    /// Close the socket once the kernel accepted this many bytes.
+    pub close_after: Option<u64>,
     pub bind_dev: bool,
     pub timeout: Option<Duration>,
     pub queue: Option<u32>,
@@ -998,6 +1003,8 @@ pub fn parse_opts(tool: &str, args: &[String]) -> Result<Opts, String> {
             "--chunk",
             "--spare-binding",
             "--unbind-after",
+            "--rebind",
+            "--close-after",
             "--bind-dev",
             "--timeout-s",
         ],
@@ -1025,9 +1032,10 @@ pub fn parse_opts(tool: &str, args: &[String]) -> Result<Opts, String> {
                 allowed.join(" ")
             ));
         }
-        if matches!(a, "--spare-binding" | "--bind-dev") {
+        if matches!(a, "--spare-binding" | "--bind-dev" | "--rebind") {
             match a {
                 "--spare-binding" => o.spare_binding = true,
+                "--rebind" => o.rebind = true,
                 _ => o.bind_dev = true,
             }
             i += 1;
@@ -1047,6 +1055,7 @@ pub fn parse_opts(tool: &str, args: &[String]) -> Result<Opts, String> {
             "--dmabuf-size" => o.dmabuf_size = Some(parse_num(a, v)?),
             "--chunk" => o.chunk = Some(parse_num(a, v)?),
             "--unbind-after" => o.unbind_after = Some(parse_num(a, v)?),
+            "--close-after" => o.close_after = Some(parse_num(a, v)?),
             "--timeout-s" => o.timeout = Some(Duration::from_secs(parse_num(a, v)?)),
             "--queue" => {
                 o.queue = Some(
@@ -1096,6 +1105,14 @@ pub fn parse_opts(tool: &str, args: &[String]) -> Result<Opts, String> {
     }
     if matches!(tool, "devmem-rx" | "bind-rx") && o.queue.is_none() {
         return Err("--queue Q is required".into());
+    }
+    if o.rebind && o.unbind_after.is_none() {
+        return Err("--rebind needs --unbind-after BYTES".into());
+    }
+    if let (Some(c), Some(b)) = (o.close_after, o.bytes)
+        && (c == 0 || c >= b)
+    {
+        return Err(format!("--close-after {c}: want 1..{b} (below --bytes)"));
     }
     if let Some(c) = o.chunk {
         let size = o.dmabuf_size.unwrap_or(DEFAULT_TX_DMABUF);
@@ -1349,6 +1366,10 @@ struct TxRun {
     t_connected: Option<Instant>,
     t_done: Option<Instant>,
     unbound_at: Option<u64>,
+    /// `--rebind`: the stream offset at which the new binding took over.
+    rebound_at: Option<u64>,
+    /// `--close-after`: the bytes accepted when the socket was closed.
+    closed_at: Option<u64>,
     after_unbind: Option<AfterUnbind>,
     sendmsg_calls: u64,
     eagain: u64,
@@ -1437,11 +1458,46 @@ fn u64_buf(b: &[u8]) -> Vec<u64> {
     v
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The TX bindings of a `devmem-tx` run: `live[i]` made `facts.bindings[i]`;
+/// sends go through `live[active]`.
+struct TxBindings<'a> {
+    live: &'a mut Vec<Binding>,
+    facts: &'a mut Facts,
+    active: usize,
+    ifindex: u32,
+}
+
+impl TxBindings<'_> {
+    fn id(&self) -> u32 {
+        self.live[self.active].id
+    }
+
+    /// Closes the active binding's netlink socket (the kernel unbinds).
+    fn unbind(&mut self) {
+        self.live[self.active].unbind();
+        self.facts.bindings[self.active].unbound = true;
+    }
+
+    /// Binds the same dmabuf on the same device again (a new netlink
+    /// socket, a new id) and sends through it from now on.
+    fn rebind(&mut self, o: &Opts, fd: RawFd) -> Result<(), Failure> {
+        let b = Binding::bind(Dir::Tx, self.ifindex, fd).map_err(|mut f| {
+            f.stage = "rebind";
+            f
+        })?;
+        self.facts
+            .bindings
+            .push(fact(o, Dir::Tx, b.id, "tx", self.ifindex));
+        self.live.push(b);
+        self.active = self.live.len() - 1;
+        Ok(())
+    }
+}
+
 fn tx_transfer(
     o: &Opts,
     buf: &mut Udmabuf,
-    binding: &mut Binding,
+    tx: &mut TxBindings<'_>,
     run: &mut TxRun,
     until: Instant,
 ) -> Result<(), Failure> {
@@ -1454,8 +1510,8 @@ fn tx_transfer(
     run.t_connected = Some(Instant::now());
     progress(format_args!("connected to {addr} ({attempts} attempts)"));
     let mut next_report = 0u64;
-    let cm = devmem_tx_cmsg(binding.id);
-    let cm_words = u64_buf(&cm);
+    let mut cm = devmem_tx_cmsg(tx.id());
+    let mut cm_words = u64_buf(&cm);
     let seed = o.seed;
     let mut stop_sending = false;
     loop {
@@ -1488,16 +1544,52 @@ fn tx_transfer(
         if all_sent && run.ring.outstanding() == 0 {
             break;
         }
+        if let Some(c) = o.close_after
+            && run.ring.sent >= c
+        {
+            // A deliberate close with sends still in flight: tcp_close()
+            // queues the FIN behind the accepted data, and the orphaned
+            // socket still transmits it (each skb frag keeps its binding
+            // referenced: net_devmem_get_net_iov, net/core/devmem.c).
+            drop(s);
+            progress(format_args!(
+                "closed the socket after {} bytes ({} sends without completion)",
+                run.ring.sent,
+                run.ring.outstanding()
+            ));
+            run.closed_at = Some(run.ring.sent);
+            return Err(Failure::msg(
+                "closed",
+                format!(
+                    "closed the socket after {} of {total} bytes (--close-after)",
+                    run.ring.sent
+                ),
+            ));
+        }
         if let Some(u) = o.unbind_after
-            && binding.is_bound()
+            && run.unbound_at.is_none()
             && run.ring.sent >= u
         {
             // Closing the netlink socket unbinds (netdev_nl_sock_priv_destroy →
             // net_devmem_unbind_dmabuf, which xa_erase()s the id first).
-            binding.unbind();
+            tx.unbind();
             progress(format_args!("unbound after {} bytes", run.ring.sent));
             run.unbound_at = Some(run.ring.sent);
-            run.after_unbind = Some(AfterUnbind::default());
+            if o.rebind {
+                // Instead of sending with the erased id (EINVAL), bind the
+                // same dmabuf again: net_devmem_bind_dmabuf() makes a new
+                // attachment and id; nothing forbids several TX bindings of
+                // one dmabuf on one device, and the old binding lives on
+                // (its mapping too) until the skbs that hold its net_iovs
+                // are freed (percpu_ref, released after the completions).
+                tx.rebind(o, buf.fd())?;
+                progress(format_args!("rebound: id {}", tx.id()));
+                cm = devmem_tx_cmsg(tx.id());
+                cm_words = u64_buf(&cm);
+                run.rebound_at = Some(run.ring.sent);
+            } else {
+                run.after_unbind = Some(AfterUnbind::default());
+            }
         }
         // Refill what completions released.
         while run.ring.filled < total && run.ring.fillable() > 0 {
@@ -1512,10 +1604,15 @@ fn tx_transfer(
             buf.write_with(off as usize, n as usize, |b| fill_pattern(seed, at, b))?;
             run.ring.on_filled(n);
         }
+        // A send never crosses the close point: the kernel accepts at most
+        // `close_after` bytes in all.
+        let max_now = o
+            .close_after
+            .map_or(max_call, |c| max_call.min(c.saturating_sub(run.ring.sent)));
         let next = if stop_sending {
             None
         } else {
-            run.ring.next_send(max_call)
+            run.ring.next_send(max_now)
         };
         let Some((off, len)) = next else {
             // Everything filled is in flight: wait for completions.
@@ -1541,6 +1638,7 @@ fn tx_transfer(
             }
             Ok(n) => {
                 run.ring.on_sent(n as u64);
+                tx.facts.bindings[tx.active].used = true;
                 if let (Some(a), Some(at)) = (run.after_unbind.as_mut(), run.unbound_at) {
                     a.sent_bytes_after = run.ring.sent - at;
                 }
@@ -1630,6 +1728,8 @@ fn devmem_tx(o: &Opts) -> (Map<String, Value>, bool) {
         t_connected: None,
         t_done: None,
         unbound_at: None,
+        rebound_at: None,
+        closed_at: None,
         after_unbind: None,
         sendmsg_calls: 0,
         eagain: 0,
@@ -1646,12 +1746,13 @@ fn devmem_tx(o: &Opts) -> (Map<String, Value>, bool) {
             facts.bindings.push(fact(o, Dir::Tx, b.id, "tx", ifx));
             bindings.push(b);
         }
-        let r = tx_transfer(o, &mut buf, &mut bindings[0], &mut run, until);
-        if run.ring.sent > 0 {
-            facts.bindings[0].used = true;
-        }
-        facts.bindings[0].unbound = !bindings[0].is_bound();
-        r
+        let mut tx = TxBindings {
+            live: &mut bindings,
+            facts: &mut facts,
+            active: 0,
+            ifindex: ifx,
+        };
+        tx_transfer(o, &mut buf, &mut tx, &mut run, until)
     })();
     let ok = match &res {
         Ok(()) => {
@@ -1694,8 +1795,16 @@ fn devmem_tx(o: &Opts) -> (Map<String, Value>, bool) {
         json!(throughput_mbit(run.ring.sent, xfer)),
     );
     p.insert("peer_closed".into(), json!(run.peer_closed));
-    if let Some(a) = &run.after_unbind {
+    if run.unbound_at.is_some() {
         p.insert("unbound_at_bytes".into(), json!(run.unbound_at));
+    }
+    if let Some(r) = run.rebound_at {
+        p.insert("rebound_at_bytes".into(), json!(r));
+    }
+    if let Some(c) = run.closed_at {
+        p.insert("closed_at_bytes".into(), json!(c));
+    }
+    if let Some(a) = &run.after_unbind {
         p.insert(
             "after_unbind".into(),
             json!({
@@ -2389,6 +2498,14 @@ mod tests {
             (o.unbind_after, o.chunk, o.timeout),
             (Some(1000), Some(4096), Some(Duration::from_secs(9)))
         );
+        assert!(!o.rebind && o.close_after.is_none());
+        let o = parse_opts(
+            "devmem-tx",
+            &args("--dev eth0 --connect 10.0.0.2:5201 --bytes 4096 --unbind-after 1024 --rebind --close-after 2048"),
+        )
+        .unwrap();
+        assert!(o.rebind);
+        assert_eq!((o.unbind_after, o.close_after), (Some(1024), Some(2048)));
         let o = parse_opts(
             "devmem-rx",
             &args("--dev eth0 --listen [fd00::1]:5201 --bytes 10 --queue 3"),
@@ -2402,6 +2519,26 @@ mod tests {
             Some(999)
         );
         for (tool, a, needle) in [
+            (
+                "devmem-tx",
+                "--dev eth0 --connect 1.2.3.4:5 --bytes 10 --rebind",
+                "--rebind needs --unbind-after",
+            ),
+            (
+                "devmem-tx",
+                "--dev eth0 --connect 1.2.3.4:5 --bytes 10 --close-after 10",
+                "below --bytes",
+            ),
+            (
+                "devmem-tx",
+                "--dev eth0 --connect 1.2.3.4:5 --bytes 10 --close-after 0",
+                "below --bytes",
+            ),
+            (
+                "devmem-rx",
+                "--dev eth0 --listen 1.2.3.4:5 --bytes 10 --queue 1 --close-after 5",
+                "unknown argument",
+            ),
             ("devmem-tx", "--dev eth0 --bytes 1", "--connect"),
             ("devmem-tx", "--dev eth0 --connect 1.2.3.4:5", "--bytes"),
             ("devmem-tx", "--connect 1.2.3.4:5 --bytes 1", "--dev"),

@@ -232,8 +232,9 @@ impl StepObserver for VerifierFeed {
             // still be intact.
             // A failure the expectation allows (an expected-fail step, a
             // campaign's transfer under faults) counts only for corruption,
-            // unless its sender reported success: bytes then must not go
-            // missing (`sender_ok` in the step's payload).
+            // unless its sender reported success (or closed on purpose
+            // and the receiver read up to that end of stream): bytes then
+            // must not go missing (`sender_ok` in the step's payload).
             let sender_ok = p.get("sender_ok").and_then(Value::as_bool).unwrap_or(false);
             let p = if !r.ok && r.as_expected && !sender_ok {
                 serde_json::json!({ "first_bad_offset": p.get("first_bad_offset") })

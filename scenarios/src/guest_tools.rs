@@ -146,10 +146,18 @@ pub struct SinkReport {
 /// What the source sent (its JSON line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceReport {
+    /// Bytes the kernel accepted.
     pub sent: u64,
     pub elapsed_ms: u64,
     #[serde(default)]
     pub connect_attempts: u32,
+    /// Everything sent and the sink closed after reading it.
+    #[serde(default)]
+    pub ok: bool,
+    /// What ended a failed run: `"closed"` for `--close-after` (the source
+    /// closed the socket on purpose), else `"connect"` or `"send"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -253,15 +261,33 @@ pub fn run_source(
     timeout: Option<Duration>,
     corrupt_at: Option<u64>,
 ) -> SourceReport {
+    run_source_closing(addr, bytes, seed, timeout, corrupt_at, None)
+}
+
+/// [`run_source`], and with `close_after` the source closes the socket as
+/// soon as the kernel accepted that many bytes (no shutdown, no wait for
+/// the sink): the report is then not ok, `stage` `"closed"`, `sent` the
+/// bytes accepted. The kernel still delivers them, then the FIN.
+pub fn run_source_closing(
+    addr: SocketAddr,
+    bytes: u64,
+    seed: u64,
+    timeout: Option<Duration>,
+    corrupt_at: Option<u64>,
+    close_after: Option<u64>,
+) -> SourceReport {
     let t0 = Instant::now();
     let mut sent = 0u64;
     let mut attempts = 0u32;
+    let mut stage = "connect";
+    let limit = close_after.map_or(bytes, |c| c.min(bytes));
     let res = (|| -> std::io::Result<()> {
         let mut s = connect_retrying(addr, timeout, &mut attempts)?;
+        stage = "send";
         s.set_write_timeout(timeout)?;
         let mut buf = vec![0u8; IO_CHUNK];
-        while sent < bytes {
-            let n = (bytes - sent).min(IO_CHUNK as u64) as usize;
+        while sent < limit {
+            let n = (limit - sent).min(IO_CHUNK as u64) as usize;
             fill_pattern(seed, sent, &mut buf[..n]);
             if let Some(c) = corrupt_at
                 && c >= sent
@@ -271,6 +297,14 @@ pub fn run_source(
             }
             s.write_all(&buf[..n])?;
             sent += n as u64;
+        }
+        if sent < bytes {
+            // `close_after`: close now, with data possibly still queued.
+            drop(s);
+            stage = "closed";
+            return Err(std::io::Error::other(format!(
+                "closed the socket after {sent} of {bytes} bytes (--close-after)"
+            )));
         }
         s.flush()?;
         s.shutdown(std::net::Shutdown::Write)?;
@@ -284,6 +318,8 @@ pub fn run_source(
         sent,
         elapsed_ms: t0.elapsed().as_millis() as u64,
         connect_attempts: attempts,
+        ok: res.is_ok(),
+        stage: res.is_err().then(|| stage.to_string()),
         error: res.err().map(|e| e.to_string()),
     }
 }
@@ -931,6 +967,7 @@ struct TcpOpts {
     out: Option<PathBuf>,
     timeout: Option<Duration>,
     corrupt_at: Option<u64>,
+    close_after: Option<u64>,
 }
 
 fn parse_tcp(args: &[String], addr_flag: &str) -> Result<TcpOpts, String> {
@@ -959,6 +996,9 @@ fn parse_tcp(args: &[String], addr_flag: &str) -> Result<TcpOpts, String> {
                 o.timeout = (s > 0).then(|| Duration::from_secs(s));
             }
             "--corrupt-at" => o.corrupt_at = Some(parse_u64(&a, &f.value(&a)?)?),
+            "--close-after" if addr_flag == "--connect" => {
+                o.close_after = Some(parse_u64(&a, &f.value(&a)?)?)
+            }
             _ => return Err(format!("unknown argument {a:?}")),
         }
         f.pos += 1;
@@ -971,6 +1011,11 @@ fn parse_tcp(args: &[String], addr_flag: &str) -> Result<TcpOpts, String> {
     }
     if o.detach && o.out.is_none() {
         return Err("--detach needs --out FILE".into());
+    }
+    if let (Some(c), Some(b)) = (o.close_after, o.bytes)
+        && (c == 0 || c >= b)
+    {
+        return Err(format!("--close-after {c}: want 1..{b} (below --bytes)"));
     }
     Ok(o)
 }
@@ -1161,12 +1206,13 @@ fn tcp_source_main(args: &[String]) -> i32 {
     {
         return fail(e);
     }
-    let r = run_source(
+    let r = run_source_closing(
         o.addr.expect("checked"),
         o.bytes.expect("checked"),
         o.seed,
         o.timeout,
         o.corrupt_at,
+        o.close_after,
     );
     print_json(&r);
     if r.error.is_none() { 0 } else { 1 }
@@ -1272,6 +1318,32 @@ mod tests {
     }
 
     #[test]
+    fn a_closing_source_delivers_what_the_kernel_accepted_then_eof() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = Some(Duration::from_secs(30));
+        let n = 4 << 20;
+        let close = IO_CHUNK as u64 * 3 + 12_345;
+        let sink = std::thread::spawn(move || run_sink(&l, n, 7, t));
+        let c = run_source_closing(addr, n, 7, t, None, Some(close));
+        let s = sink.join().unwrap();
+        assert_eq!(c.sent, close);
+        assert!(!c.ok);
+        assert_eq!(c.stage.as_deref(), Some("closed"));
+        assert!(c.error.unwrap().contains("--close-after"));
+        // The sink saw a clean EOF early: not ok, no error, nothing corrupt.
+        assert!(!s.ok);
+        assert_eq!(s.error, None);
+        assert_eq!(
+            (s.received, s.verified, s.first_mismatch),
+            (close, close, None)
+        );
+        // A full run reports ok and no stage.
+        let (s, c) = loopback(100_000, None);
+        assert!(s.ok && c.ok && c.stage.is_none(), "{c:?}");
+    }
+
+    #[test]
     fn ipv6_loopback_when_available() {
         let Ok(l) = TcpListener::bind("[::1]:0") else {
             eprintln!("note: no IPv6 loopback here, skipping");
@@ -1305,6 +1377,32 @@ mod tests {
         assert_eq!(o.netns.as_deref(), Some("remote"));
         assert!(o.detach);
         assert!(parse_tcp(&a[..2], "--listen").is_err());
+        let src = |extra: &str| -> Vec<String> {
+            format!("--connect 10.0.0.2:5201 --bytes 1000 {extra}")
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(
+            parse_tcp(&src("--close-after 999"), "--connect")
+                .unwrap()
+                .close_after,
+            Some(999)
+        );
+        for bad in ["--close-after 1000", "--close-after 0", "--close-after x"] {
+            assert!(parse_tcp(&src(bad), "--connect").is_err(), "{bad}");
+        }
+        // Only the source closes.
+        assert!(
+            parse_tcp(
+                &a.iter()
+                    .cloned()
+                    .chain(["--close-after".into(), "5".into()])
+                    .collect::<Vec<_>>(),
+                "--listen"
+            )
+            .is_err()
+        );
         assert!(parse_tcp(&["--bogus".to_string()], "--listen").is_err());
         assert_eq!(parse_cidr("10.0.0.1/24").unwrap().1, 24);
         assert_eq!(parse_cidr("fd00::1").unwrap().1, 128);

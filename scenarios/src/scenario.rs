@@ -218,6 +218,12 @@ pub enum StepKind {
         bytes: u64,
         #[serde(default = "one")]
         seed: u64,
+        /// The sender closes its socket once the kernel accepted this many
+        /// bytes (below `bytes`): the step then fails (the connection ended
+        /// early), and every accepted byte must still arrive intact before
+        /// the receiver's end of stream (`payload-intact`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        close_after: Option<u64>,
         /// Send with devmem TX from a dmabuf (`netmem-lab devmem-tx`)
         /// instead of plain `tcp-source`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,6 +281,11 @@ pub struct DevmemTx {
     /// the unbind and every byte it had sent arrived intact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unbind_after: Option<u64>,
+    /// With `unbind_after`: bind the same dmabuf again on the same device
+    /// right after the unbind and send the rest through the new binding
+    /// (the transfer then completes; `bindings` lists both).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rebind: bool,
     /// dmabuf size (the tool's default if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dmabuf_size: Option<u64>,
@@ -630,6 +641,7 @@ impl Scenario {
                 StepKind::TcpTransfer {
                     to,
                     bytes,
+                    close_after,
                     devmem_tx,
                     devmem_rx,
                     ..
@@ -648,6 +660,19 @@ impl Scenario {
                         && u >= *bytes
                     {
                         return Err(ctx(format!("unbind_after {u} must be below bytes {bytes}")));
+                    }
+                    if devmem_tx
+                        .as_ref()
+                        .is_some_and(|d| d.rebind && d.unbind_after.is_none())
+                    {
+                        return Err(ctx("rebind needs unbind_after".into()));
+                    }
+                    if let Some(c) = close_after
+                        && (*c == 0 || c >= bytes)
+                    {
+                        return Err(ctx(format!(
+                            "close_after {c} must be in 1..{bytes} (below bytes)"
+                        )));
                     }
                 }
                 StepKind::Wire { nic, link, faults } => {
@@ -1068,6 +1093,51 @@ script = "true"
             ),
         ] {
             let e = parse_err(extra);
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn close_after_and_rebind_parse_and_validate() {
+        let xfer =
+            "[[step]]\nname = \"x\"\nkind = \"tcp-transfer\"\nto = \"10.0.0.2\"\nbytes = 4096\n";
+        let s = Scenario::parse(
+            &format!(
+                "{BASE}{xfer}close_after = 1024\n{}",
+                xfer.replace("\"x\"", "\"y\"")
+                    + "[step.devmem_tx]\ndev = \"{nic0}\"\nunbind_after = 2048\nrebind = true\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        match (&s.steps[1].kind, &s.steps[2].kind) {
+            (
+                StepKind::TcpTransfer {
+                    close_after: Some(1024),
+                    devmem_tx: None,
+                    ..
+                },
+                StepKind::TcpTransfer {
+                    close_after: None,
+                    devmem_tx: Some(d),
+                    ..
+                },
+            ) => assert!(d.rebind && d.unbind_after == Some(2048)),
+            k => panic!("{k:?}"),
+        }
+        // Written back the same (rebind only when set).
+        let text = toml::to_string(&s).unwrap();
+        assert_eq!(text.matches("rebind").count(), 1, "{text}");
+        assert_eq!(Scenario::parse(&text, "t.toml").unwrap(), s);
+        for (extra, want) in [
+            (format!("{xfer}close_after = 4096\n"), "close_after 4096"),
+            (format!("{xfer}close_after = 0\n"), "close_after 0"),
+            (
+                format!("{xfer}[step.devmem_tx]\ndev = \"{{nic0}}\"\nrebind = true\n"),
+                "rebind needs unbind_after",
+            ),
+        ] {
+            let e = parse_err(&extra);
             assert!(e.contains(want), "{extra:?}: {e}");
         }
     }

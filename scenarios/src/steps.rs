@@ -740,6 +740,7 @@ fn run_step<E: GuestExec>(
             port,
             bytes,
             seed,
+            close_after,
             devmem_tx,
             devmem_rx,
         } => {
@@ -750,6 +751,7 @@ fn run_step<E: GuestExec>(
                 port: *port,
                 bytes: *bytes,
                 seed: *seed,
+                close_after: *close_after,
                 devmem_tx: devmem_tx.as_ref(),
                 devmem_rx: devmem_rx.as_ref(),
             };
@@ -849,6 +851,7 @@ struct Transfer<'a> {
     port: u16,
     bytes: u64,
     seed: u64,
+    close_after: Option<u64>,
     devmem_tx: Option<&'a crate::scenario::DevmemTx>,
     devmem_rx: Option<&'a crate::scenario::DevmemRx>,
 }
@@ -861,6 +864,8 @@ struct Sent {
     error: Option<String>,
     errno: Option<i32>,
     extack: Option<String>,
+    /// The stage of a failed sender (`"closed"`: it closed on purpose).
+    stage: Option<String>,
     /// devmem-tx with `unbind_after`: the first failure after the unbind.
     after_unbind: Option<Value>,
     json: Value,
@@ -873,6 +878,9 @@ struct Received {
     verified: u64,
     first_mismatch: Option<u64>,
     error: Option<String>,
+    /// It read up to the sender's end of stream (a short stream included),
+    /// rather than failing on the connection or timing out.
+    eof: bool,
     json: Value,
 }
 
@@ -910,6 +918,9 @@ fn devmem_received(j: Value) -> Received {
         verified,
         first_mismatch: p["first_bad_offset"].as_u64(),
         error: (!ok).then(|| tool_failure(&j)),
+        // devmem-rx fails at stage "verify" only after the end of stream
+        // (a short or corrupted stream).
+        eof: ok || j["stage"] == "verify",
         json: j,
     }
 }
@@ -1128,6 +1139,12 @@ fn tcp_transfer<E: GuestExec>(
         if let Some(u) = tx.unbind_after {
             cmd.extend(["--unbind-after".into(), u.to_string()]);
         }
+        if tx.rebind {
+            cmd.push("--rebind".into());
+        }
+        if let Some(c) = t.close_after {
+            cmd.extend(["--close-after".into(), c.to_string()]);
+        }
         if let Some(d) = tx.dmabuf_size {
             cmd.extend(["--dmabuf-size".into(), d.to_string()]);
         }
@@ -1146,6 +1163,9 @@ fn tcp_transfer<E: GuestExec>(
                 error: (!ok).then(|| tool_failure(&j)),
                 errno: j["errno"].as_i64().map(|e| e as i32),
                 extack: j["extack"].as_str().map(String::from),
+                stage: (!ok)
+                    .then(|| j["stage"].as_str().map(String::from))
+                    .flatten(),
                 after_unbind: j
                     .get("after_unbind")
                     .or_else(|| j["payload"].get("after_unbind"))
@@ -1167,6 +1187,9 @@ fn tcp_transfer<E: GuestExec>(
             "--timeout-s".into(),
             tsecs,
         ];
+        if let Some(c) = t.close_after {
+            src.extend(["--close-after".into(), c.to_string()]);
+        }
         src.extend(netns_args(t.from_netns));
         let so = ctx
             .exec
@@ -1181,6 +1204,7 @@ fn tcp_transfer<E: GuestExec>(
                 error: s.error.clone(),
                 errno: None,
                 extack: None,
+                stage: s.stage.clone(),
                 after_unbind: None,
                 json: serde_json::to_value(&s).unwrap_or(Value::Null),
             }),
@@ -1196,10 +1220,18 @@ fn tcp_transfer<E: GuestExec>(
         }
     };
     let sender_ok = sent.as_ref().is_some_and(|s| s.error.is_none());
-    let unbinding = t.devmem_tx.is_some_and(|d| d.unbind_after.is_some());
+    // An unbind without a rebind: the sender must fail after it.
+    let unbinding = t
+        .devmem_tx
+        .is_some_and(|d| d.unbind_after.is_some() && !d.rebind);
+    // `close_after`: the sender closed its socket on purpose.
+    let closed = t.close_after.is_some()
+        && sent
+            .as_ref()
+            .is_some_and(|s| s.stage.as_deref() == Some("closed"));
 
     // 3. The receiver's result: it finishes once it read the sender's EOF.
-    let wait = if sender_ok || (unbinding && sent.is_some()) {
+    let wait = if sender_ok || closed || (unbinding && sent.is_some()) {
         Duration::from_secs(30)
     } else {
         Duration::from_secs(2)
@@ -1215,6 +1247,8 @@ fn tcp_transfer<E: GuestExec>(
                     verified: k.verified,
                     first_mismatch: k.first_mismatch,
                     error: k.error.clone(),
+                    // The sink reads to EOF; an error is a transport one.
+                    eof: k.error.is_none(),
                     json: j,
                 },
                 Err(e) => Received {
@@ -1223,6 +1257,7 @@ fn tcp_transfer<E: GuestExec>(
                     verified: 0,
                     first_mismatch: None,
                     error: Some(format!("unreadable sink result: {e}")),
+                    eof: false,
                     json: j,
                 },
             }
@@ -1257,7 +1292,31 @@ fn tcp_transfer<E: GuestExec>(
         r.errno = s.errno;
         r.extack = s.extack.clone();
     }
-    if unbinding {
+    if closed {
+        // A deliberate close before `bytes`: the step fails (the stream
+        // ended early); what the kernel had accepted must reach the
+        // receiver intact before its end of stream (payload-intact, with
+        // `sender_ok` below).
+        r.ok = false;
+        r.detail = format!(
+            "the sender closed the socket after {sent_bytes} of {bytes} bytes (close_after {}); {}",
+            t.close_after.unwrap_or(0),
+            match &rcv {
+                Some(k) if k.eof => format!(
+                    "the receiver saw the end of stream after {} bytes, {} verified{}",
+                    k.received,
+                    k.verified,
+                    if intact { "" } else { " (NOT all intact)" }
+                ),
+                Some(k) => format!(
+                    "receiver: {} ({} verified)",
+                    k.error.as_deref().unwrap_or("failed"),
+                    k.verified
+                ),
+                None => "the receiver wrote no result".into(),
+            }
+        );
+    } else if unbinding {
         // The kernel must make the sender fail after the unbind; what it
         // had accepted must still arrive intact (payload-intact checks it).
         let au = sent.as_ref().and_then(|s| s.after_unbind.clone());
@@ -1336,14 +1395,23 @@ fn tcp_transfer<E: GuestExec>(
     }
     let tx_json = sent.as_ref().map(|s| s.json.clone());
     let rx_json = rcv.as_ref().map(|k| k.json.clone());
+    // `sender_ok`: every byte the sender handed the kernel must have
+    // arrived (the verifier counts missing bytes even when the step's
+    // failure was allowed): the sender reported success, or it closed on
+    // purpose and the receiver read up to its end of stream (a receiver
+    // that timed out or lost the connection reported the loss itself).
+    let must_arrive = sender_ok || (closed && rcv.as_ref().is_some_and(|k| k.eof));
     r.data = json!({
         "addr": addr,
         "bytes": bytes,
         "seed": t.seed,
         "payload": {"sent_bytes": sent_bytes, "verified_bytes": verified,
                     "first_bad_offset": rcv.as_ref().and_then(|k| k.first_mismatch),
-                    "sender_ok": sender_ok},
+                    "sender_ok": must_arrive},
     });
+    if closed {
+        r.data["payload"]["closed_at"] = json!(sent_bytes);
+    }
     // Plain tools keep their historical keys; devmem tools' lines go under
     // tx/rx, where the verifier looks for their facts.
     let (tx_key, rx_key) = (
@@ -1403,6 +1471,9 @@ mod tests {
         fail_transport_on: Option<String>,
         /// Where the last fake sink listens.
         port: Option<u16>,
+        /// The fake source claims this many more bytes accepted than it
+        /// sent (bytes "lost" between the kernel and the receiver).
+        sent_extra: u64,
     }
 
     impl FakeGuest {
@@ -1416,6 +1487,7 @@ mod tests {
                 netdev_delay: 0,
                 fail_transport_on: None,
                 port: None,
+                sent_extra: 0,
             }
         }
     }
@@ -1491,13 +1563,19 @@ mod tests {
                     let port = self.port.unwrap();
                     let bytes: u64 = flag(&a, "--bytes").parse().unwrap();
                     let seed: u64 = flag(&a, "--seed").parse().unwrap();
-                    let r = guest_tools::run_source(
+                    let close_after = a
+                        .iter()
+                        .any(|x| x == "--close-after")
+                        .then(|| flag(&a, "--close-after").parse().unwrap());
+                    let mut r = guest_tools::run_source_closing(
                         format!("127.0.0.1:{port}").parse().unwrap(),
                         bytes,
                         seed,
                         Some(Duration::from_secs(20)),
                         self.corrupt_at,
+                        close_after,
                     );
+                    r.sent += self.sent_extra;
                     ok_out(
                         if r.error.is_none() { 0 } else { 1 },
                         &serde_json::to_string(&r).unwrap(),
@@ -1833,6 +1911,211 @@ faults = { drop = 0.25, seed = 3, direction = "b-to-a" }
             &mut NoObserver,
         );
         assert_eq!(o.verdict, Verdict::Fail);
+    }
+
+    /// nic-smoke with its transfer closing after `close`, allowed to fail.
+    fn closing_smoke(close: u64) -> (Scenario, String) {
+        let mut s = small_smoke();
+        let mut name = String::new();
+        for st in &mut s.steps {
+            if let StepKind::TcpTransfer { close_after, .. } = &mut st.kind {
+                *close_after = Some(close);
+                name = st.name.clone();
+            }
+        }
+        for k in ["patched", "baseline"] {
+            s.expect
+                .entry(k.into())
+                .or_default()
+                .any_outcome
+                .insert(name.clone());
+        }
+        let s = Scenario::parse(&toml::to_string(&s).unwrap(), "closing.toml").unwrap();
+        (s, name)
+    }
+
+    fn run_fed(g: &mut FakeGuest, s: &Scenario) -> (ScenarioOutcome, crate::verify::VerifyReport) {
+        let audit = std::sync::Arc::new(vmm::iommu::Audit::new(Default::default()));
+        let mut feed =
+            crate::feed::VerifierFeed::start(audit, crate::verify::Verifier::new(BTreeMap::new()));
+        let o = run_scenario_steps_with(
+            &cfg(),
+            s,
+            "patched",
+            &nic_map(),
+            g,
+            &CollectSink::default(),
+            &mut feed,
+        );
+        (o, feed.finish().0)
+    }
+
+    #[test]
+    fn a_deliberate_close_fails_the_step_and_every_accepted_byte_must_arrive() {
+        let close = (1 << 20) + 4321;
+        let (s, name) = closing_smoke(close);
+        let mut g = FakeGuest::new();
+        let (o, rep) = run_fed(&mut g, &s);
+        let src = g
+            .calls
+            .iter()
+            .find(|c| c.get(1).map(String::as_str) == Some("tcp-source"))
+            .unwrap();
+        assert_eq!(flag(src, "--close-after"), close.to_string());
+        let t = o.steps.iter().find(|st| st.name == name).unwrap();
+        assert!(!t.ok && t.as_expected, "{t:?}");
+        assert!(
+            t.detail
+                .contains(&format!("closed the socket after {close} of"))
+                && t.detail.contains("end of stream")
+                && !t.detail.contains("NOT"),
+            "{}",
+            t.detail
+        );
+        let p = &t.data["payload"];
+        assert_eq!(p["sent_bytes"], close);
+        assert_eq!(p["verified_bytes"], close);
+        assert_eq!(p["closed_at"], close);
+        assert_eq!(p["sender_ok"], true);
+        assert_eq!(t.data["source"]["stage"], "closed");
+        assert!(rep.ok(), "{:?}", rep.failed());
+        assert_eq!(o.verdict, Verdict::Pass, "{:?}", o.mismatches);
+
+        // Accepted bytes that never reached the receiver before its end of
+        // stream: payload-intact breaks although the step may fail.
+        let mut g = FakeGuest::new();
+        g.sent_extra = 4096;
+        let (o, rep) = run_fed(&mut g, &s);
+        let t = o.steps.iter().find(|st| st.name == name).unwrap();
+        assert!(!t.ok && t.as_expected);
+        assert!(t.detail.contains("NOT all intact"), "{}", t.detail);
+        assert_eq!(t.data["payload"]["sent_bytes"], close + 4096);
+        assert_eq!(t.data["payload"]["sender_ok"], true);
+        assert_eq!(rep.failed(), [crate::verify::PAYLOAD_INTACT]);
+
+        // Corruption before the close is a finding too.
+        let mut g = FakeGuest::new();
+        g.corrupt_at = Some(1000);
+        let (_, rep) = run_fed(&mut g, &s);
+        assert_eq!(rep.failed(), [crate::verify::PAYLOAD_INTACT]);
+    }
+
+    #[test]
+    fn a_closed_transfer_whose_receiver_failed_counts_only_corruption() {
+        let (s, name) = closing_smoke(1 << 20);
+        let mut g = FakeGuest::new();
+        // The sink reports a transport error (its connection was reset):
+        // the loss was reported, not silent.
+        g.canned.insert(
+            "cat".into(),
+            (
+                0,
+                json!({"received": 4096, "verified": 4096, "first_mismatch": null,
+                       "elapsed_ms": 1, "expected": 3 << 20, "ok": false,
+                       "error": "Connection reset by peer (os error 104)"})
+                .to_string(),
+            ),
+        );
+        let (o, rep) = run_fed(&mut g, &s);
+        let t = o.steps.iter().find(|st| st.name == name).unwrap();
+        assert!(!t.ok && t.as_expected);
+        assert!(t.detail.contains("Connection reset"), "{}", t.detail);
+        assert_eq!(t.data["payload"]["sender_ok"], false);
+        assert!(rep.ok(), "{:?}", rep.failed());
+    }
+
+    #[test]
+    fn devmem_close_and_rebind_reach_the_sender_and_its_result() {
+        let mut s = small_smoke();
+        let name = s
+            .steps
+            .iter()
+            .find(|st| st.kind.name() == "tcp-transfer")
+            .unwrap()
+            .name
+            .clone();
+        let bytes = 3u64 << 20;
+        let sink_line = |n: u64| {
+            json!({"received": n, "verified": n, "first_mismatch": null, "elapsed_ms": 1,
+                   "expected": bytes, "ok": n == bytes})
+            .to_string()
+        };
+        let set = |s: &mut Scenario, close: Option<u64>, rebind: bool| {
+            for st in &mut s.steps {
+                if let StepKind::TcpTransfer {
+                    close_after,
+                    devmem_tx,
+                    ..
+                } = &mut st.kind
+                {
+                    *close_after = close;
+                    *devmem_tx = Some(crate::scenario::DevmemTx {
+                        dev: "{nic0}".into(),
+                        unbind_after: rebind.then_some(1 << 20),
+                        rebind,
+                        ..Default::default()
+                    });
+                }
+            }
+        };
+        // Rebind: the sender completes; the step passes like a full one.
+        set(&mut s, None, true);
+        let mut g = FakeGuest::new();
+        g.canned.insert(
+            "devmem-tx".into(),
+            (
+                0,
+                json!({"ok": true, "payload": {"sent_bytes": bytes, "rebound_at_bytes": 1 << 20}})
+                    .to_string(),
+            ),
+        );
+        g.canned.insert("cat".into(), (0, sink_line(bytes)));
+        let (o, rep) = run_fed(&mut g, &s);
+        let tx = g
+            .calls
+            .iter()
+            .find(|c| c.get(1).map(String::as_str) == Some("devmem-tx"))
+            .unwrap();
+        assert!(tx.contains(&"--rebind".to_string()));
+        assert_eq!(flag(tx, "--unbind-after"), (1u64 << 20).to_string());
+        assert!(!tx.contains(&"--close-after".to_string()));
+        let t = o.steps.iter().find(|st| st.name == name).unwrap();
+        assert!(t.ok, "{}", t.detail);
+        assert!(rep.ok(), "{:?}", rep.failed());
+
+        // A devmem close: stage "closed", the accepted bytes must arrive.
+        set(&mut s, Some(2 << 20), false);
+        for k in ["patched", "baseline"] {
+            s.expect
+                .entry(k.into())
+                .or_default()
+                .any_outcome
+                .insert(name.clone());
+        }
+        for (verified, intact) in [(2u64 << 20, true), ((2 << 20) - 1, false)] {
+            let mut g = FakeGuest::new();
+            g.canned.insert(
+                "devmem-tx".into(),
+                (
+                    1,
+                    json!({"ok": false, "stage": "closed", "error": "closed the socket",
+                           "payload": {"sent_bytes": 2 << 20}})
+                    .to_string(),
+                ),
+            );
+            g.canned.insert("cat".into(), (0, sink_line(verified)));
+            let (o, rep) = run_fed(&mut g, &s);
+            let tx = g
+                .calls
+                .iter()
+                .find(|c| c.get(1).map(String::as_str) == Some("devmem-tx"))
+                .unwrap();
+            assert_eq!(flag(tx, "--close-after"), (2u64 << 20).to_string());
+            let t = o.steps.iter().find(|st| st.name == name).unwrap();
+            assert!(!t.ok && t.as_expected, "{}", t.detail);
+            assert_eq!(t.data["payload"]["sender_ok"], true);
+            assert_eq!(rep.ok(), intact, "{verified}: {:?}", rep.failed());
+        }
     }
 
     #[test]
