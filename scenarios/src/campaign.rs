@@ -11,7 +11,7 @@
 //! | `WireFaults` | `kind = "wire"`, `faults = {…}` (lab side, from now on) |
 //! | `WireLink` | `kind = "wire"`, `link = "down"/"up"` |
 //! | `Pause` | `kind = "pause"` |
-//! | `Transfer` | the base's first transfer with the op's bytes, seed, devmem unbind point and its own port |
+//! | `Transfer` | the base's first transfer with the op's bytes, seed, devmem unbind point (and re-bind), sender close point and its own port |
 //! | `GuestLink` | `ip link set dev {nicN} down/up` in the NIC's netns |
 //! | `Channels` | `netmem-lab ethtool -L {nicN} combined N` |
 //! | `Rings` | `netmem-lab ethtool -G {nicN} rx N tx N` |
@@ -211,11 +211,16 @@ pub enum Op {
     /// That wire's link down or up (the lab pulls the cable).
     WireLink { nic: String, up: bool },
     /// The base's transfer with these bytes and seed; `unbind_after`: a
-    /// devmem sender closes its binding after that many bytes.
+    /// devmem sender closes its binding after that many bytes, and with
+    /// `rebind` binds the dmabuf again and sends the rest through the new
+    /// binding; `close_after`: the sender closes its socket once the kernel
+    /// accepted that many bytes (any transfer).
     Transfer {
         bytes: u64,
         seed: u64,
         unbind_after: Option<u64>,
+        rebind: bool,
+        close_after: Option<u64>,
     },
     /// The guest takes the NIC's interface down or up.
     GuestLink { nic: String, up: bool },
@@ -366,10 +371,16 @@ impl Op {
                 bytes,
                 seed,
                 unbind_after,
+                rebind,
+                close_after,
             } => format!(
-                "transfer {bytes} bytes (seed {seed}){}",
+                "transfer {bytes} bytes (seed {seed}){}{}{}",
                 unbind_after
                     .map(|u| format!(", unbind after {u}"))
+                    .unwrap_or_default(),
+                if *rebind { ", re-bind" } else { "" },
+                close_after
+                    .map(|c| format!(", close after {c}"))
                     .unwrap_or_default()
             ),
             Op::GuestLink { nic, up } => {
@@ -414,23 +425,28 @@ impl Op {
                 bytes,
                 seed,
                 unbind_after,
+                rebind,
+                close_after,
             } => {
                 let mut k = base.transfer.kind.clone();
                 if let StepKind::TcpTransfer {
                     bytes: b,
                     seed: s,
                     port,
+                    close_after: c,
                     devmem_tx,
                     ..
                 } = &mut k
                 {
                     *b = *bytes;
                     *s = *seed;
+                    *c = *close_after;
                     // A port per transfer: a sink of an earlier transfer
                     // that is still waiting must not take this one's data.
                     *port = port.wrapping_add(*transfers);
                     if let Some(d) = devmem_tx {
                         d.unbind_after = *unbind_after;
+                        d.rebind = *rebind;
                     }
                 }
                 *transfers += 1;
@@ -524,12 +540,15 @@ impl Op {
             StepKind::TcpTransfer {
                 bytes,
                 seed,
+                close_after,
                 devmem_tx,
                 ..
             } => Op::Transfer {
                 bytes: *bytes,
                 seed: *seed,
                 unbind_after: devmem_tx.as_ref().and_then(|d| d.unbind_after),
+                rebind: devmem_tx.as_ref().is_some_and(|d| d.rebind),
+                close_after: *close_after,
             },
             StepKind::Sh {
                 argv: Some(a),
@@ -752,17 +771,31 @@ pub mod strategy {
         let nics = select(base.wired.clone());
         let units = base.max_units;
         let devmem = base.devmem_tx().is_some();
+        // Points inside the transfer, in percent of its bytes: a devmem
+        // unbind (half of them re-bind), a sender close (any transfer).
+        // (`option::weighted` refuses probability 0: a plain base draws
+        // no unbind at all.)
+        let unbind = if devmem {
+            proptest::option::weighted(0.25, 1..100u64).boxed()
+        } else {
+            Just(None).boxed()
+        };
         let transfer = (
             1..=units,
             1..=1000u64,
-            proptest::option::weighted(if devmem { 0.25 } else { 0.0 }, 1..100u64),
+            unbind,
+            proptest::bool::weighted(0.5),
+            proptest::option::weighted(0.2, 1..100u64),
         )
-            .prop_map(|(u, seed, pct)| {
+            .prop_map(|(u, seed, unbind_pct, rebind, close_pct)| {
                 let bytes = u * TRANSFER_UNIT;
+                let at = |p: u64| (bytes * p / 100).clamp(1, bytes - 1);
                 Op::Transfer {
                     bytes,
                     seed,
-                    unbind_after: pct.map(|p| (bytes * p / 100).clamp(1, bytes - 1)),
+                    unbind_after: unbind_pct.map(at),
+                    rebind: rebind && unbind_pct.is_some(),
+                    close_after: close_pct.map(at),
                 }
             });
         let all_nics = select(

@@ -26,6 +26,8 @@ fn every_kind() -> Schedule {
                 bytes: 3 * TRANSFER_UNIT,
                 seed: 5,
                 unbind_after: Some(1000),
+                rebind: true,
+                close_after: None,
             },
             Op::WireLink {
                 nic: "nic1".into(),
@@ -57,6 +59,8 @@ fn every_kind() -> Schedule {
                 bytes: TRANSFER_UNIT,
                 seed: 6,
                 unbind_after: None,
+                rebind: false,
+                close_after: Some(4096),
             },
             Op::NicFaults {
                 nic: "nic0".into(),
@@ -147,6 +151,7 @@ fn a_case_scenario_validates_replays_and_reads_back() {
                 seed,
                 devmem_tx,
                 from_netns,
+                close_after,
                 ..
             } => Some((
                 *port,
@@ -154,6 +159,7 @@ fn a_case_scenario_validates_replays_and_reads_back() {
                 *seed,
                 devmem_tx.clone().unwrap(),
                 from_netns.clone(),
+                *close_after,
             )),
             _ => None,
         })
@@ -162,7 +168,19 @@ fn a_case_scenario_validates_replays_and_reads_back() {
     assert_eq!((transfers[0].0, transfers[1].0), (5201, 5202));
     assert_eq!((transfers[0].1, transfers[0].2), (3 * TRANSFER_UNIT, 5));
     assert_eq!(transfers[0].3.unbind_after, Some(1000));
+    assert!(transfers[0].3.rebind);
+    assert_eq!(transfers[0].5, None);
     assert_eq!(transfers[1].3.unbind_after, None);
+    assert!(!transfers[1].3.rebind);
+    assert_eq!(transfers[1].5, Some(4096));
+    assert!(
+        again
+            .steps
+            .iter()
+            .any(|s| s.name.ends_with("unbind after 1000, re-bind")),
+        "{:?}",
+        again.steps.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
     assert_eq!(transfers[0].3.dev, "nkg");
     assert_eq!(transfers[0].4.as_deref(), Some("container"));
     // Guest operations run in the NIC's netns with the placeholder.
@@ -286,6 +304,7 @@ fn every_drawn_schedule_is_a_valid_scenario_that_reads_back() {
         }),
         rng_for(1),
     );
+    let drawn = std::cell::RefCell::new((0u32, 0u32));
     runner
         .run(&strat, |sched| {
             let scn = sched.to_scenario(&b, "drawn", "");
@@ -299,16 +318,30 @@ fn every_drawn_schedule_is_a_valid_scenario_that_reads_back() {
                 if let Op::Transfer {
                     bytes,
                     unbind_after,
+                    rebind,
+                    close_after,
                     ..
                 } = op
                 {
                     prop_assert!(*bytes >= TRANSFER_UNIT && *bytes <= 256 * TRANSFER_UNIT);
                     prop_assert!(unbind_after.is_none_or(|u| u >= 1 && u < *bytes));
+                    prop_assert!(close_after.is_none_or(|c| c >= 1 && c < *bytes));
+                    // A re-bind only follows an unbind.
+                    prop_assert!(!rebind || unbind_after.is_some());
+                    let mut d = drawn.borrow_mut();
+                    d.0 += u32::from(*rebind);
+                    d.1 += u32::from(close_after.is_some());
                 }
             }
             Ok(())
         })
         .unwrap();
+    // Both transfer faults are drawn.
+    let (rebinds, closes) = drawn.into_inner();
+    assert!(
+        rebinds > 0 && closes > 0,
+        "{rebinds} re-binds, {closes} closes"
+    );
 }
 
 /// Fails (invariant "payload-integrity") when some wire drops at least 5 %
@@ -365,6 +398,8 @@ fn shrinking_reaches_the_minimal_failing_schedule() {
                     bytes: 2 * TRANSFER_UNIT,
                     seed: 1,
                     unbind_after: None,
+                    rebind: false,
+                    close_after: None,
                 },
             ],
         },
@@ -464,6 +499,8 @@ fn a_written_regression_replays_to_the_minimal_schedule() {
                 bytes: 2 * TRANSFER_UNIT,
                 seed: 1,
                 unbind_after: None,
+                rebind: false,
+                close_after: None,
             },
         ],
     };
@@ -564,6 +601,36 @@ fn the_base_names_its_netkit_primary() {
             .netkit_primary,
         None
     );
+}
+
+#[test]
+fn a_plain_base_draws_closes_but_no_unbind_or_rebind() {
+    let b = CampaignBase::new(&Scenario::builtin("nic-smoke").unwrap()).unwrap();
+    assert!(b.devmem_tx().is_none());
+    let cfg = CampaignConfig {
+        cases: 64,
+        seed: 3,
+        ..CampaignConfig::default()
+    };
+    let mut closes = 0;
+    for sched in drawn(&b, &cfg) {
+        for op in &sched.ops {
+            if let Op::Transfer {
+                unbind_after,
+                rebind,
+                close_after,
+                ..
+            } = op
+            {
+                assert_eq!((*unbind_after, *rebind), (None, false));
+                closes += usize::from(close_after.is_some());
+            }
+        }
+        let scn = sched.to_scenario(&b, "plain", "");
+        let again = Scenario::parse(&toml::to_string(&scn).unwrap(), "plain.toml").unwrap();
+        assert_eq!(Schedule::from_scenario(&b, &again).unwrap(), sched);
+    }
+    assert!(closes > 0);
 }
 
 #[test]
