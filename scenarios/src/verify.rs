@@ -994,10 +994,25 @@ impl<'a> Judge<'a> {
         let d = &self.dmabufs[di];
         let dname = d.name.clone();
         let bs = &self.by_dmabuf[di];
-        let through = bs.iter().copied().find(|&bi| {
-            let b = &self.bindings[bi];
-            b.device == Some(a.device) && b.domain == a.domain && b.has_iova_page(iova_page)
-        });
+        let holders: Vec<usize> = bs
+            .iter()
+            .copied()
+            .filter(|&bi| {
+                let b = &self.bindings[bi];
+                b.device == Some(a.device) && b.domain == a.domain && b.has_iova_page(iova_page)
+            })
+            .collect();
+        // An IOVA freed by one binding's unmap may be mapped again by a
+        // later binding of the same dmabuf (a re-bind after an unbind):
+        // the access goes through the binding mapped at that moment.
+        let through = holders
+            .iter()
+            .copied()
+            .find(|&bi| {
+                let b = &self.bindings[bi];
+                b.mapped_at.is_some_and(|m| a.seq >= m) && b.unmapped_at.is_none_or(|u| a.seq < u)
+            })
+            .or_else(|| holders.first().copied());
         let who = self.dev_label(a.device);
         let what = format!(
             "{who} {} dmabuf {dname:?} page {gpa:#x} at IOVA {:#x} ({})",

@@ -421,6 +421,39 @@ fn reading_through_the_spare_bindings_iova_breaks_binding_iova_in_use() {
     assert_eq!(r.invariant(BINDING_IOVA_IN_USE).unwrap().checked, 5);
 }
 
+/// A re-bind: the first binding is unmapped, the second maps the same
+/// pages at the same IOVAs (the allocator reuses them). Reads after that go
+/// through the second binding, not after the first one's unmap.
+#[test]
+fn a_rebinding_reusing_the_iovas_owns_the_reads_after_its_map() {
+    let mut lab = Lab::new();
+    lab.start("tx");
+    lab.bind(D0, B1, MAP_F_READ);
+    for p in 0..4 {
+        assert!(lab.read(NIC0, B1 + p * PAGE, 4096, "tx-payload"));
+    }
+    lab.unbind(D0, B1);
+    lab.bind(D0, B1, MAP_F_READ);
+    for p in 0..4 {
+        assert!(lab.read(NIC0, B1 + p * PAGE, 4096, "tx-payload"));
+    }
+    lab.unbind(D0, B1);
+    lab.end("tx");
+    lab.v
+        .add_facts("tx", &facts(&[(3, "tx", true), (4, "tx", true)]))
+        .unwrap();
+    let r = lab.finish();
+    assert!(failed(&r).is_empty(), "{:?}", r.violations);
+    assert_eq!(r.bindings.len(), 2);
+    assert_eq!(r.bindings[0].iova_ranges, r.bindings[1].iova_ranges);
+    assert!(r.bindings[0].unmapped_at_seq.unwrap() < r.bindings[1].mapped_at_seq.unwrap());
+    assert!(
+        r.bindings
+            .iter()
+            .all(|b| b.resolved_nic.as_deref() == Some("nic0"))
+    );
+}
+
 /// The NIC's `dma-foreign-iova` read pattern (sim-nic `payload_iova`): from
 /// the N-th payload read on, through `Dma::alias_iova` when there is one.
 #[test]
