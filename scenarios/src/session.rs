@@ -136,17 +136,8 @@ impl Session {
     fn reset(&mut self, sink: &dyn EventSink, t0: Instant) -> Result<(), String> {
         let started = Instant::now();
         if let Some(t) = &self.b.topology {
-            for (a, _, w) in &t.wires {
-                w.set_faults(
-                    self.topology
-                        .wire_faults
-                        .get(a)
-                        .cloned()
-                        .unwrap_or_default(),
-                )
-                .map_err(|e| format!("wire of {a}: {e}"))?;
-                w.set_link(true);
-            }
+            // Wires and NICs back to the topology's faults, links up.
+            t.reset_faults(&self.topology)?;
         }
         let v = self.guest_reset()?;
         let ms = started.elapsed().as_millis() as u64;
@@ -653,6 +644,8 @@ pub fn run_campaign_job(
             "detail": f.as_ref().map(|f| f.detail.clone()),
             "payload": o.report["payload"],
             "faults_injected": injected,
+            "nic_faults_at_start": o.report["vm"]["nics_before"]["nic_faults_in_force"],
+            "nic_faults_at_end": o.report["nics"]["nic_faults_in_force"],
             "ms": started.elapsed().as_millis() as u64,
         }));
         f
