@@ -53,6 +53,9 @@ const PPM: f64 = 1_000_000.0;
 /// of gve (`watchdog_timeo = 5 * HZ` in
 /// drivers/net/ethernet/google/gve/gve_main.c), so no reset follows.
 pub const MAX_TX_COMPLETION_DELAY_MS: u64 = 200;
+/// Largest `after` count a drawn NIC fault waits for (frames, packets or
+/// payload DMAs).
+pub const MAX_FAULT_AFTER: u64 = 200;
 /// `dma-fault` is drawn on queues `0..MAX_FAULT_QUEUES` (the lab's NICs have
 /// 4 queue pairs, `GveConfig::default().num_queues`).
 pub const MAX_FAULT_QUEUES: u16 = 4;
@@ -747,15 +750,19 @@ pub mod strategy {
     /// [`CampaignConfig::test_faults`]). Delays stay far below gve's 5 s TX
     /// watchdog.
     pub fn nic_fault() -> impl Strategy<Value = NicFault> {
+        // The `after` counts are small enough that a case's traffic (its
+        // transfers end every schedule) reaches them. One vCPU sends on TX
+        // queue 0: the queue of a DMA fault is mostly 0, sometimes another
+        // (RX queues get flows through RSS).
         prop_oneof![
             (1..=MAX_TX_COMPLETION_DELAY_MS).prop_map(|ms| NicFault::TxCompletionDelay { ms }),
-            (0..=2_000u64, 1..=500u64)
+            (0..=MAX_FAULT_AFTER, 1..=200u64)
                 .prop_map(|(after, frames)| NicFault::RxStarve { after, frames }),
-            (0..=2_000u64).prop_map(|after| NicFault::ResetRequest { after }),
+            (0..=MAX_FAULT_AFTER).prop_map(|after| NicFault::ResetRequest { after }),
             (
                 select(vec![QueueDir::Tx, QueueDir::Rx]),
-                0..MAX_FAULT_QUEUES,
-                0..=500u64
+                prop_oneof![3 => Just(0u16), 1 => 0..MAX_FAULT_QUEUES],
+                0..=MAX_FAULT_AFTER
             )
                 .prop_map(|(dir, queue, after)| NicFault::DmaFault {
                     dir,
@@ -769,6 +776,38 @@ pub mod strategy {
     /// towards them).
     pub fn op(base: &CampaignBase) -> BoxedStrategy<Op> {
         let nics = select(base.wired.clone());
+        let transfer = transfer_op(base);
+        let all_nics = select(
+            base.scenario
+                .topology
+                .nics
+                .iter()
+                .map(|n| n.name.clone())
+                .collect::<Vec<_>>(),
+        );
+        let netkit = base.netkit_primary.clone();
+        let netkit_weight = if netkit.is_some() { 1 } else { 0 };
+        let netkit = Just(netkit.unwrap_or_default());
+        prop_oneof![
+            2 => (0..=2_000u64).prop_map(|ms| Op::Pause { ms }),
+            4 => (nics.clone(), fault_spec()).prop_map(|(nic, faults)| Op::WireFaults { nic, faults }),
+            1 => (nics.clone(), any::<bool>()).prop_map(|(nic, up)| Op::WireLink { nic, up }),
+            4 => transfer,
+            1 => (nics.clone(), any::<bool>()).prop_map(|(nic, up)| Op::GuestLink { nic, up }),
+            1 => (nics.clone(), 1..=4u32).prop_map(|(nic, combined)| Op::Channels { nic, combined }),
+            1 => (nics, select(vec![256u32, 512, 1024]), select(vec![256u32, 512, 1024]))
+                .prop_map(|(nic, rx, tx)| Op::Rings { nic, rx, tx }),
+            4 => (all_nics.clone(), proptest::collection::vec(nic_fault(), 1..=3))
+                .prop_map(|(nic, faults)| Op::NicFaults { nic, faults }),
+            1 => all_nics.prop_map(|nic| Op::NicFaults { nic, faults: Vec::new() }),
+            netkit_weight => netkit.prop_map(|dev| Op::NetkitDelete { dev }),
+        ]
+        .boxed()
+    }
+
+    /// A transfer op on `base`: bytes in units, seed, maybe a devmem unbind
+    /// (half of them re-bind) and a sender close.
+    pub fn transfer_op(base: &CampaignBase) -> BoxedStrategy<Op> {
         let units = base.max_units;
         let devmem = base.devmem_tx().is_some();
         // Points inside the transfer, in percent of its bytes: a devmem
@@ -798,38 +837,22 @@ pub mod strategy {
                     close_after: close_pct.map(at),
                 }
             });
-        let all_nics = select(
-            base.scenario
-                .topology
-                .nics
-                .iter()
-                .map(|n| n.name.clone())
-                .collect::<Vec<_>>(),
-        );
-        let netkit = base.netkit_primary.clone();
-        let netkit_weight = if netkit.is_some() { 1 } else { 0 };
-        let netkit = Just(netkit.unwrap_or_default());
-        prop_oneof![
-            2 => (0..=2_000u64).prop_map(|ms| Op::Pause { ms }),
-            4 => (nics.clone(), fault_spec()).prop_map(|(nic, faults)| Op::WireFaults { nic, faults }),
-            1 => (nics.clone(), any::<bool>()).prop_map(|(nic, up)| Op::WireLink { nic, up }),
-            4 => transfer,
-            1 => (nics.clone(), any::<bool>()).prop_map(|(nic, up)| Op::GuestLink { nic, up }),
-            1 => (nics.clone(), 1..=4u32).prop_map(|(nic, combined)| Op::Channels { nic, combined }),
-            1 => (nics, select(vec![256u32, 512, 1024]), select(vec![256u32, 512, 1024]))
-                .prop_map(|(nic, rx, tx)| Op::Rings { nic, rx, tx }),
-            4 => (all_nics.clone(), proptest::collection::vec(nic_fault(), 1..=3))
-                .prop_map(|(nic, faults)| Op::NicFaults { nic, faults }),
-            1 => all_nics.prop_map(|nic| Op::NicFaults { nic, faults: Vec::new() }),
-            netkit_weight => netkit.prop_map(|dev| Op::NetkitDelete { dev }),
-        ]
-        .boxed()
+        transfer.boxed()
     }
 
-    /// Schedules of 1..=`max_ops` operations on `base`.
+    /// Schedules of 1..=`max_ops` operations on `base`, the last one a
+    /// transfer: whatever the ops before it did (faults set, links cut,
+    /// queues restarted, bindings dropped), traffic then runs through it,
+    /// the faults strike, and the verifier judges what reached the wire.
     pub fn schedule(base: &CampaignBase, max_ops: usize) -> BoxedStrategy<Schedule> {
-        proptest::collection::vec(op(base), 1..=max_ops.max(1))
-            .prop_map(|ops| Schedule { ops })
+        (
+            proptest::collection::vec(op(base), 0..max_ops.max(1)),
+            transfer_op(base),
+        )
+            .prop_map(|(mut ops, last)| {
+                ops.push(last);
+                Schedule { ops }
+            })
             .boxed()
     }
 

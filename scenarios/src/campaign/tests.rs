@@ -825,3 +825,14 @@ fn injected_fault_counts_sum_the_stats_of_nics_and_wires() {
     let none = injected_fault_counts(&serde_json::json!({}));
     assert!(none.len() == FAULT_KINDS.len() && none.values().all(|v| *v == 0));
 }
+
+#[test]
+fn every_schedule_ends_with_a_transfer() {
+    let strat = strategy::schedule(&base(), 6);
+    let mut runner = TestRunner::new_with_rng(Config::default(), rng_for(3));
+    for _ in 0..200 {
+        let s = strat.new_tree(&mut runner).unwrap().current();
+        assert!((1..=6).contains(&s.ops.len()), "{s:?}");
+        assert!(matches!(s.ops.last(), Some(Op::Transfer { .. })), "{s:?}");
+    }
+}
