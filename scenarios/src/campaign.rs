@@ -13,7 +13,7 @@
 //! | `Pause` | `kind = "pause"` |
 //! | `Transfer` | the base's first transfer with the op's bytes, seed, devmem unbind point (and re-bind), sender close point and its own port |
 //! | `GuestLink` | `ip link set dev {nicN} down/up` in the NIC's netns |
-//! | `Channels` | `netmem-lab ethtool -L {nicN} combined N` |
+//! | `Channels` | `netmem-lab ethtool -L {nicN} rx N tx N` |
 //! | `Rings` | `netmem-lab ethtool -G {nicN} rx N tx N` |
 //! | `NicFaults` | `kind = "nic-fault"` (lab side: the NIC's test faults from now on) |
 //! | `NetkitDelete` | `netmem-lab netkit-del --dev PRIMARY` (the base's netkit pair) |
@@ -227,8 +227,9 @@ pub enum Op {
     },
     /// The guest takes the NIC's interface down or up.
     GuestLink { nic: String, up: bool },
-    /// `ethtool -L NIC combined N` (a queue restart).
-    Channels { nic: String, combined: u32 },
+    /// `ethtool -L NIC rx N tx N` (a queue restart; gve has separate RX
+    /// and TX channels, no combined ones).
+    Channels { nic: String, queues: u32 },
     /// `ethtool -G NIC rx N tx N` (a ring restart).
     Rings { nic: String, rx: u32, tx: u32 },
     /// Replace the NIC's test faults from now on (empty: clear them).
@@ -389,8 +390,8 @@ impl Op {
             Op::GuestLink { nic, up } => {
                 format!("guest: {nic} {}", if *up { "up" } else { "down" })
             }
-            Op::Channels { nic, combined } => {
-                format!("guest: ethtool -L {nic} combined {combined}")
+            Op::Channels { nic, queues } => {
+                format!("guest: ethtool -L {nic} rx {queues} tx {queues}")
             }
             Op::Rings { nic, rx, tx } => format!("guest: ethtool -G {nic} rx {rx} tx {tx}"),
             Op::NicFaults { nic, faults } if faults.is_empty() => {
@@ -470,14 +471,16 @@ impl Op {
                 ],
                 base.netns_of(nic),
             ),
-            Op::Channels { nic, combined } => sh(
+            Op::Channels { nic, queues } => sh(
                 vec![
                     TOOL.into(),
                     "ethtool".into(),
                     "-L".into(),
                     placeholder(nic),
-                    "combined".into(),
-                    combined.to_string(),
+                    "rx".into(),
+                    queues.to_string(),
+                    "tx".into(),
+                    queues.to_string(),
                 ],
                 base.netns_of(nic),
             ),
@@ -566,10 +569,12 @@ impl Op {
                         nic: nic(n)?,
                         up: *state == "up",
                     },
-                    [t, "ethtool", "-L", n, "combined", c] if *t == TOOL => Op::Channels {
-                        nic: nic(n)?,
-                        combined: num(c)?,
-                    },
+                    [t, "ethtool", "-L", n, "rx", r, "tx", x] if *t == TOOL && r == x => {
+                        Op::Channels {
+                            nic: nic(n)?,
+                            queues: num(r)?,
+                        }
+                    }
                     [t, "ethtool", "-G", n, "rx", r, "tx", x] if *t == TOOL => Op::Rings {
                         nic: nic(n)?,
                         rx: num(r)?,
@@ -794,7 +799,7 @@ pub mod strategy {
             1 => (nics.clone(), any::<bool>()).prop_map(|(nic, up)| Op::WireLink { nic, up }),
             4 => transfer,
             1 => (nics.clone(), any::<bool>()).prop_map(|(nic, up)| Op::GuestLink { nic, up }),
-            1 => (nics.clone(), 1..=4u32).prop_map(|(nic, combined)| Op::Channels { nic, combined }),
+            1 => (nics.clone(), 1..=4u32).prop_map(|(nic, queues)| Op::Channels { nic, queues }),
             1 => (nics, select(vec![256u32, 512, 1024]), select(vec![256u32, 512, 1024]))
                 .prop_map(|(nic, rx, tx)| Op::Rings { nic, rx, tx }),
             4 => (all_nics.clone(), proptest::collection::vec(nic_fault(), 1..=3))

@@ -44,7 +44,7 @@ fn every_kind() -> Schedule {
             },
             Op::Channels {
                 nic: "nic0".into(),
-                combined: 2,
+                queues: 2,
             },
             Op::Rings {
                 nic: "nic1".into(),

@@ -54,10 +54,12 @@ fn matrix_runs_scenarios_of_one_topology_on_one_vm() {
     ]);
     assert_eq!(code, Some(0), "{text}");
     let machine = &m["machines"]["patched"];
-    assert_eq!(machine["vms_booted"], 1, "{machine}");
-    assert_eq!(
-        machine["reset_ms"].as_array().map(Vec::len),
-        Some(1),
+    // One VM, unless the nested engine lost one (then the scenario ran
+    // again on a fresh one, and says why).
+    let replaced = machine["machines_replaced"].as_array().map_or(0, Vec::len);
+    assert_eq!(machine["vms_booted"], 1 + replaced as u64, "{machine}");
+    assert!(
+        machine["reset_ms"].as_array().map(Vec::len) >= Some(1) || replaced > 0,
         "{machine}"
     );
     let runs = m["runs"].as_array().unwrap();
@@ -70,7 +72,9 @@ fn matrix_runs_scenarios_of_one_topology_on_one_vm() {
         .find(|r| r["scenario"] == "netkit-devmem-tx")
         .unwrap();
     let rep = &tx["report"];
-    assert_eq!(rep["vm"]["scenario_on_this_vm"], 2, "{}", rep["vm"]);
+    if replaced == 0 {
+        assert_eq!(rep["vm"]["scenario_on_this_vm"], 2, "{}", rep["vm"]);
+    }
     let b = &rep["dma"]["bindings"][0];
     assert_eq!(b["resolved_nic"], "nic0", "{b}");
     assert!(rep["dma"]["by_device"][NIC0]["dmabuf_reads"].as_u64() > Some(0));
