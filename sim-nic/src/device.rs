@@ -568,7 +568,7 @@ impl Dev<'_> {
         let Some(at) = self.st.faults.active.dma_fault else {
             return false;
         };
-        if at.dir != dir || usize::from(at.queue) != q {
+        if at.dir != dir || (at.queue != crate::faults::ANY_QUEUE && usize::from(at.queue) != q) {
             return false;
         }
         let n = self.st.faults.dma_seen;

@@ -20,6 +20,11 @@ pub const DEFAULT_RESET_REQUEST_AFTER: u64 = 256;
 /// Default of `dma-fault`: payload DMAs of the queue done normally first.
 pub const DEFAULT_DMA_FAULT_AFTER: u64 = 64;
 
+/// `dma-fault:tx|rx:any`: the fault strikes the `after`-th payload DMA of
+/// whichever queue in that direction (counted over all of them): flows
+/// land on queues by RSS and XPS, which a schedule cannot know.
+pub const ANY_QUEUE: u16 = u16::MAX;
+
 /// Direction of a queue a NIC fault names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueDir {
@@ -131,6 +136,9 @@ impl fmt::Display for NicFault {
             NicFault::TxCompletionDelay { ms } => write!(f, "tx-completion-delay:{ms}"),
             NicFault::RxStarve { after, frames } => write!(f, "rx-starve:{after}:{frames}"),
             NicFault::ResetRequest { after } => write!(f, "reset-request:{after}"),
+            NicFault::DmaFault { dir, queue, after } if queue == ANY_QUEUE => {
+                write!(f, "dma-fault:{}:any:{after}", dir.as_str())
+            }
             NicFault::DmaFault { dir, queue, after } => {
                 write!(f, "dma-fault:{}:{queue}:{after}", dir.as_str())
             }
@@ -139,7 +147,7 @@ impl fmt::Display for NicFault {
 }
 
 /// What `from_str` knows, for its error message.
-const KNOWN_NIC_FAULTS: &str = "dma-foreign-iova[:N], tx-completion-delay[:MS], rx-starve[:AFTER[:FRAMES]], reset-request[:N], dma-fault:tx|rx:QUEUE[:N]";
+const KNOWN_NIC_FAULTS: &str = "dma-foreign-iova[:N], tx-completion-delay[:MS], rx-starve[:AFTER[:FRAMES]], reset-request[:N], dma-fault:tx|rx:QUEUE|any[:N]";
 
 impl FromStr for NicFault {
     type Err = String;
@@ -201,9 +209,15 @@ impl FromStr for NicFault {
                         ));
                     }
                 };
-                let queue = num(1, None, "queue")?;
-                let queue =
-                    u16::try_from(queue).map_err(|_| format!("{s}: queue {queue} out of range"))?;
+                let queue = if args.get(1).copied() == Some("any") {
+                    ANY_QUEUE
+                } else {
+                    let q = num(1, None, "queue")?;
+                    u16::try_from(q)
+                        .ok()
+                        .filter(|q| *q != ANY_QUEUE)
+                        .ok_or_else(|| format!("{s}: queue {q} out of range"))?
+                };
                 Ok(NicFault::DmaFault {
                     dir,
                     queue,
@@ -603,6 +617,22 @@ mod nic_fault_tests {
 #[cfg(test)]
 mod more_nic_fault_tests {
     use super::*;
+
+    #[test]
+    fn dma_fault_on_any_queue_parses_and_round_trips() {
+        let f: NicFault = "dma-fault:rx:any:7".parse().unwrap();
+        assert_eq!(
+            f,
+            NicFault::DmaFault {
+                dir: QueueDir::Rx,
+                queue: ANY_QUEUE,
+                after: 7
+            }
+        );
+        assert_eq!(f.to_string(), "dma-fault:rx:any:7");
+        assert_eq!(f.to_string().parse::<NicFault>().unwrap(), f);
+        assert!("dma-fault:tx:65535".parse::<NicFault>().is_err());
+    }
 
     #[test]
     fn new_nic_faults_parse_with_defaults_and_round_trip() {

@@ -229,6 +229,22 @@ fn dma_fault_on_another_queue_leaves_this_one_alone() {
 }
 
 #[test]
+fn dma_fault_on_any_queue_strikes_the_queue_in_use() {
+    let (mut a, mut b, _w) = pair(
+        Some(NicFault::DmaFault {
+            dir: QueueDir::Tx,
+            queue: sim_nic::faults::ANY_QUEUE,
+            after: 2,
+        }),
+        None,
+    );
+    let tags = send(&mut a, &b, 4);
+    assert_eq!(received(&mut b, &a), [0, 1, 3].map(frame).to_vec());
+    assert_eq!(pkt_tags(&a.reap_tx(0)), tags);
+    assert_eq!(a.handle.stats().injected_dma_faults, 1);
+}
+
+#[test]
 fn dma_fault_on_an_rx_queue_returns_the_buffer_with_rx_error() {
     let (mut a, mut b, _w) = pair(
         None,

@@ -705,7 +705,9 @@ fn twenty_cases_of_six_ops_ask_for_every_fault_kind() {
                     NicFault::TxCompletionDelay { ms } => {
                         assert!((1..=MAX_TX_COMPLETION_DELAY_MS).contains(&ms))
                     }
-                    NicFault::DmaFault { queue, .. } => assert!(queue < MAX_FAULT_QUEUES),
+                    NicFault::DmaFault { queue, .. } => {
+                        assert!(queue < MAX_FAULT_QUEUES || queue == sim_nic::faults::ANY_QUEUE)
+                    }
                     _ => {}
                 }
             }
