@@ -390,7 +390,20 @@ struct Pool<'a> {
     replaced: Vec<String>,
 }
 
-impl Pool<'_> {
+impl<'a> Pool<'a> {
+    fn new(job: &'a Job, sink: Arc<dyn EventSink>, t0: Instant, engine: &'a str) -> Pool<'a> {
+        Pool {
+            job,
+            sink,
+            t0,
+            engine,
+            cur: None,
+            vms: 0,
+            reset_ms: Vec::new(),
+            replaced: Vec::new(),
+        }
+    }
+
     fn drop_machine(&mut self) {
         if let Some(s) = self.cur.take() {
             self.reset_ms.extend(s.reset_ms.iter().copied());
@@ -492,16 +505,7 @@ pub fn run_batch(
     t0: Instant,
     engine: &str,
 ) -> Result<Outcome, RunFailure> {
-    let mut pool = Pool {
-        job,
-        sink: sink.clone(),
-        t0,
-        engine,
-        cur: None,
-        vms: 0,
-        reset_ms: Vec::new(),
-        replaced: Vec::new(),
-    };
+    let mut pool = Pool::new(job, sink.clone(), t0, engine);
     let mut runs = Vec::new();
     let mut worst = crate::run::EXIT_OK;
     for (i, item) in items.iter().enumerate() {
@@ -602,16 +606,7 @@ pub fn run_campaign_job(
         ..CampaignConfig::default()
     };
     let strat = strategy::campaign_schedule(&base, &ccfg);
-    let mut pool = Pool {
-        job,
-        sink: sink.clone(),
-        t0,
-        engine,
-        cur: None,
-        vms: 0,
-        reset_ms: Vec::new(),
-        replaced: Vec::new(),
-    };
+    let mut pool = Pool::new(job, sink.clone(), t0, engine);
     let mut log: Vec<Value> = Vec::new();
     let mut n = 0u32;
     let case_name = |n: u32| format!("campaign-{}-seed{}-case{n}", base.scenario.name, cfg.seed);
