@@ -536,31 +536,51 @@ fn catalog_toml(name: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("unknown scenario {name:?}; `netmem-lab list` shows the catalog"))
 }
 
+/// One `--nic-fault [NIC=]FAULT` value against a scenario's NICs (`nics`,
+/// in topology order): the NIC (the first one when not named) and the fault.
+fn parse_nic_fault(f: &str, nics: &[String]) -> Result<(String, sim_nic::NicFault)> {
+    let (nic, fault) = match f.split_once('=') {
+        Some((n, x)) => (n.to_string(), x),
+        None => (
+            nics.first()
+                .cloned()
+                .ok_or_else(|| anyhow!("--nic-fault {f:?}: the scenario has no NIC"))?,
+            f,
+        ),
+    };
+    if !nics.contains(&nic) {
+        return Err(anyhow!(
+            "--nic-fault {f:?}: no NIC {nic:?} in the scenario (it has {nics:?})"
+        ));
+    }
+    let fault = fault
+        .parse()
+        .map_err(|e| anyhow!("--nic-fault {f:?}: {e}"))?;
+    Ok((nic, fault))
+}
+
 /// `--nic-fault` values onto the topology's faults.
 fn add_nic_faults(spec: &mut scenarios::topology::TopologySpec, faults: &[String]) -> Result<()> {
     for f in faults {
-        let (nic, fault) = match f.split_once('=') {
-            Some((n, x)) => (n.to_string(), x),
-            None => (
-                spec.nics
-                    .first()
-                    .cloned()
-                    .ok_or_else(|| anyhow!("--nic-fault {f:?}: the scenario has no NIC"))?,
-                f.as_str(),
-            ),
-        };
-        if !spec.nics.contains(&nic) {
-            return Err(anyhow!(
-                "--nic-fault {f:?}: no NIC {nic:?} in the scenario (it has {:?})",
-                spec.nics
-            ));
-        }
-        let fault: sim_nic::NicFault = fault
-            .parse()
-            .map_err(|e| anyhow!("--nic-fault {f:?}: {e}"))?;
+        let (nic, fault) = parse_nic_fault(f, &spec.nics)?;
         spec.nic_faults.entry(nic).or_default().push(fault);
     }
     Ok(())
+}
+
+/// A scenario's TOML and origin: `--file F`, else a catalog name (the
+/// default scenario when none).
+fn scenario_source(file: &Option<PathBuf>, name: &Option<String>) -> Result<(String, String)> {
+    Ok(match file {
+        Some(f) => (
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            f.display().to_string(),
+        ),
+        None => {
+            let name = name.clone().unwrap_or_else(|| DEFAULT_SCENARIO.to_string());
+            (catalog_toml(&name)?, name)
+        }
+    })
 }
 
 /// One scenario run's results as the CLI hands them out.
@@ -622,16 +642,7 @@ pub fn scenario(a: ScenarioArgs) -> i32 {
     install_cancel_handlers();
     let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(a.machine.console));
     let res = (|| -> Result<i32> {
-        let (toml, origin) = match (&a.file, &a.name) {
-            (Some(f), _) => (
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-                f.display().to_string(),
-            ),
-            (None, name) => {
-                let name = name.clone().unwrap_or_else(|| DEFAULT_SCENARIO.to_string());
-                (catalog_toml(&name)?, name)
-            }
-        };
+        let (toml, origin) = scenario_source(&a.file, &a.name)?;
         let r = run_scenario_toml(&a.machine, &toml, &origin, &a.nic_fault, &a.pcap, sink)?;
         write_json(&a.json, &r.report)?;
         if let (Some(path), Some(x)) = (&a.junit, &r.junit) {
@@ -875,34 +886,18 @@ pub struct CampaignArgs {
 /// `--nic-fault` values into a scenario's own topology (so a file written
 /// from it keeps them).
 fn scenario_nic_faults(scn: &mut scenarios::scenario::Scenario, faults: &[String]) -> Result<()> {
+    let nics: Vec<String> = scn.topology.nics.iter().map(|n| n.name.clone()).collect();
     for f in faults {
-        let (nic, fault) = match f.split_once('=') {
-            Some((n, x)) => (n.to_string(), x),
-            None => (
-                scn.topology
-                    .nics
-                    .first()
-                    .map(|n| n.name.clone())
-                    .ok_or_else(|| anyhow!("--nic-fault {f:?}: the scenario has no NIC"))?,
-                f.as_str(),
-            ),
-        };
-        let fault: sim_nic::NicFault = fault
-            .parse()
-            .map_err(|e| anyhow!("--nic-fault {f:?}: {e}"))?;
-        let n = scn
-            .topology
-            .nics
-            .iter_mut()
-            .find(|n| n.name == nic)
-            .ok_or_else(|| anyhow!("--nic-fault {f:?}: no NIC {nic:?} in the scenario"))?;
-        n.faults.push(fault);
+        let (nic, fault) = parse_nic_fault(f, &nics)?;
+        if let Some(n) = scn.topology.nics.iter_mut().find(|n| n.name == nic) {
+            n.faults.push(fault);
+        }
     }
     Ok(())
 }
 
 /// `netmem-lab campaign`: property-based fault schedules around a base
-/// scenario, one VM per case; a violation is shrunk and written as a
+/// scenario, all cases on one booted VM (one job); a violation is shrunk and written as a
 /// regression scenario. Exit 0: no violation, 1: a violation (regression
 /// written), 2: the lab could not run the campaign.
 pub fn campaign(a: CampaignArgs) -> i32 {
@@ -913,16 +908,7 @@ pub fn campaign(a: CampaignArgs) -> i32 {
     install_cancel_handlers();
     let sink: Arc<dyn EventSink> = Arc::new(TerminalSink::new(a.machine.console));
     let res = (|| -> Result<i32> {
-        let (toml, origin) = match (&a.file, &a.scenario) {
-            (Some(f), _) => (
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-                f.display().to_string(),
-            ),
-            (None, name) => {
-                let name = name.clone().unwrap_or_else(|| DEFAULT_SCENARIO.to_string());
-                (catalog_toml(&name)?, name)
-            }
-        };
+        let (toml, origin) = scenario_source(&a.file, &a.scenario)?;
         let mut scn =
             scenarios::scenario::Scenario::parse(&toml, &origin).map_err(|e| anyhow!("{e}"))?;
         scenario_nic_faults(&mut scn, &a.nic_fault)?;
